@@ -1,0 +1,20 @@
+"""tiledcorr: exact spatial correlation (cost volumes) in pure PyTorch, within a memory budget."""
+
+from .budget import resolve_budget
+from .errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    DeviceError,
+    MemoryBudgetError,
+    ShapeError,
+    TiledCorrError,
+)
+from .planner import Plan, plan
+from .volume import SpatialCorrelation, correlate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentTypeError", "ArgumentValueError", "DeviceError", "MemoryBudgetError", "Plan", "ShapeError",
+    "SpatialCorrelation", "TiledCorrError", "correlate", "plan", "resolve_budget",
+]

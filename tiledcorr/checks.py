@@ -1,0 +1,124 @@
+"""Validation of user input, in one place.
+
+Every public entry point calls these helpers before doing any work, so a bad
+argument is reported by name, with its value and what was expected, and never
+reaches a kernel that could crash or read out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from .errors import ArgumentTypeError, ArgumentValueError, DeviceError, ShapeError
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ...]:
+    """Normalise an int-or-tuple parameter to one int per spatial dimension.
+
+    Args:
+        name: the argument's name, used in error messages.
+        value: an int, or a sequence of ``ndim`` ints.
+        ndim: number of spatial dimensions.
+        minimum: the smallest accepted value (1 for sizes, 0 for padding).
+
+    Raises:
+        ArgumentTypeError: ``value`` is not an int or a sequence of ints.
+        ArgumentValueError: wrong length, or an element below ``minimum``.
+    """
+    if _is_int(value):
+        items = (int(value),) * ndim
+    elif isinstance(value, (tuple, list, torch.Size)):
+        if not all(_is_int(v) for v in value):
+            raise ArgumentTypeError(
+                f"{name} must be an int or a tuple of {ndim} ints, got {value!r}"
+            )
+        if len(value) != ndim:
+            raise ArgumentValueError(
+                f"{name} must be an int or a tuple of {ndim} ints (one per spatial "
+                f"dimension), got {value!r} of length {len(value)}"
+            )
+        items = tuple(int(v) for v in value)
+    else:
+        raise ArgumentTypeError(
+            f"{name} must be an int or a tuple of {ndim} ints, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+    if any(v < minimum for v in items):
+        expected = "positive" if minimum == 1 else f">= {minimum}"
+        raise ArgumentValueError(f"{name} must be {expected}, got {value!r}")
+    return items
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, *, minimum: int) -> int:
+    """Check a scalar int argument (FlowNet's ``kernel_size``, ``stride1``...)."""
+    if not _is_int(value):
+        raise ArgumentTypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ArgumentValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 3)) -> int:
+    """Check the two feature maps and return their number of spatial dimensions.
+
+    Args:
+        input1: tensor of shape ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
+        input2: tensor of the same shape, dtype and device.
+        spatial_dims: accepted numbers of spatial dimensions.
+
+    Raises:
+        ArgumentTypeError: not a tensor, or a dtype that is not floating point.
+        ShapeError: wrong number of dimensions or different shapes.
+        DeviceError: different devices, or the meta device.
+    """
+    for name, x in (("input1", input1), ("input2", input2)):
+        if not isinstance(x, torch.Tensor):
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise ArgumentTypeError(
+                f"{name} must have a floating dtype (float16, bfloat16, float32 or "
+                f"float64), got {x.dtype}"
+            )
+        if x.dim() - 2 not in spatial_dims:
+            expected = " or ".join(f"{d + 2}-D" for d in spatial_dims)
+            raise ShapeError(
+                f"{name} must be {expected} (B, C, *spatial), got shape "
+                f"{tuple(x.shape)} ({x.dim()}-D)"
+            )
+        if x.device.type == "meta":
+            raise DeviceError(
+                f"{name} is on the meta device, which holds no data; use "
+                "tiledcorr.plan() to plan from shapes alone"
+            )
+    if input1.dtype != input2.dtype:
+        raise ArgumentTypeError(
+            f"input1 and input2 must have the same dtype, got {input1.dtype} and {input2.dtype}"
+        )
+    if input1.device != input2.device:
+        raise DeviceError(
+            f"input1 and input2 must be on the same device, got {input1.device} and {input2.device}"
+        )
+    if input1.shape != input2.shape:
+        raise ShapeError(
+            "input1 and input2 must have the same shape, got "
+            f"{tuple(input1.shape)} and {tuple(input2.shape)}"
+        )
+    return input1.dim() - 2
+
+
+def check_real(name: str, value: Any) -> float:
+    """Check a finite real scalar (a temperature, a scale)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentTypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ArgumentValueError(f"{name} must be finite, got {value!r}")
+    return float(value)

@@ -1,0 +1,455 @@
+"""Executes a plan: the tile loop, the strategies and where their results go.
+
+One tile is a block of batch items x output positions x displacements (see
+:mod:`tiledcorr.geometry`). For each tile a strategy gathers
+
+* ``X1``: input1 at the tile's positions, shape ``(Bt, kvol, C, *U)``, and
+* ``X2``: the dense input2 region the tile reaches, ``(Bt, kvol, C, *E)``,
+
+into preallocated buffers (zeros where the implicit padding lies), computes
+the tile's band of the cost volume, shape ``(Bt, *J, *U)``, and hands it to a
+sink: :class:`OutputSink` writes it into the cost volume; the fused
+reductions of :mod:`tiledcorr.reduce` fold it into a running result. The
+backward walks the same tiles and scatters its products into the gradients.
+Nothing ever holds more than one tile, so the workspace is what the planner
+predicts, whatever the image and patch sizes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+
+from .geometry import Geometry, Span, clip, input1_start, input1_step, input2_start, output_slice, spans
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums are accumulated in: float32 for half types, else ``dtype``."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the work is cut into tiles (chosen by the planner).
+
+    Attributes:
+        strategy: name in :data:`STRATEGIES`.
+        batch_tile: batch items per tile.
+        tile: output positions per tile along each spatial dimension.
+        disp_tile: displacements per tile along each patch dimension.
+    """
+
+    strategy: str
+    batch_tile: int
+    tile: tuple[int, ...]
+    disp_tile: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One block of work: batch items ``[b0, b1)`` and one :class:`Span` per dimension."""
+
+    b0: int
+    b1: int
+    spans: tuple[Span, ...]
+
+    @property
+    def batch(self) -> int:
+        return self.b1 - self.b0
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(s.count for s in self.spans)
+
+    @property
+    def displacements(self) -> tuple[int, ...]:
+        return tuple(s.disp_count for s in self.spans)
+
+
+def iter_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
+    """All tiles of a plan; together they cover every output element exactly once."""
+    per_dim = [
+        list(spans(geometry, d, tiling.tile[d], tiling.disp_tile[d])) for d in range(geometry.ndim)
+    ]
+    for b0 in range(0, geometry.batch, tiling.batch_tile):
+        b1 = min(geometry.batch, b0 + tiling.batch_tile)
+        for combo in itertools.product(*per_dim):
+            yield Tile(b0, b1, combo)
+
+
+def volume_index(geometry: Geometry, tile: Tile) -> tuple[slice, ...]:
+    """Index of the tile's block in a ``(B, *patch, *out_size)`` volume."""
+    disp = tuple(slice(s.disp_start, s.disp_start + s.disp_count) for s in tile.spans)
+    pos = tuple(output_slice(geometry, d, s) for d, s in enumerate(tile.spans))
+    return (slice(tile.b0, tile.b1), *disp, *pos)
+
+
+def region_extent(geometry: Geometry, tile_positions: tuple[int, ...], tile_disps: tuple[int, ...]) -> tuple[int, ...]:
+    """Size of the input2 region ``E`` a tile reads, per dimension."""
+    return tuple(
+        geometry.lattice(d).region_extent(tile_positions[d], tile_disps[d]) for d in range(geometry.ndim)
+    )
+
+
+# --------------------------------------------------------------------------- gather / scatter
+
+
+def _lattice_slices(in_size, starts, steps, counts) -> tuple[list[slice], list[slice]] | None:
+    """Source and buffer slices of the in-bounds part of a lattice; None if it is empty."""
+    src, dst = [], []
+    for n, start, step, count in zip(in_size, starts, steps, counts):
+        lo, hi = clip(start, step, count, n)
+        if hi <= lo:
+            return None
+        first = start + step * lo
+        src.append(slice(first, first + step * (hi - lo - 1) + 1, step))
+        dst.append(slice(lo, hi))
+    return src, dst
+
+
+def _covers(dst: list[slice], counts) -> bool:
+    return all(s.start == 0 and s.stop == c for s, c in zip(dst, counts))
+
+
+def gather(source: torch.Tensor, buffer: torch.Tensor, tile: Tile, starts, steps, counts) -> None:
+    """Copy ``source[b, c, start + step*n]`` into ``buffer[b, c, n]``; zeros out of bounds.
+
+    Args:
+        source: an input, shape ``(B, C, *in_size)``.
+        buffer: shape ``(Bt, C, *counts)``.
+    """
+    found = _lattice_slices(source.shape[2:], starts, steps, counts)
+    if found is None:
+        buffer.zero_()
+        return
+    src, dst = found
+    if not _covers(dst, counts):
+        buffer.zero_()
+    buffer[(slice(None), slice(None), *dst)].copy_(source[(slice(tile.b0, tile.b1), slice(None), *src)])
+
+
+def scatter_add(target: torch.Tensor, buffer: torch.Tensor, tile: Tile, starts, steps, counts) -> None:
+    """The adjoint of :func:`gather`: ``target[b, c, start + step*n] += buffer[b, c, n]``."""
+    found = _lattice_slices(target.shape[2:], starts, steps, counts)
+    if found is None:
+        return
+    src, dst = found
+    target[(slice(tile.b0, tile.b1), slice(None), *src)].add_(buffer[(slice(None), slice(None), *dst)])
+
+
+def _input1_lattice(geometry: Geometry, tile: Tile, offset: tuple[int, ...]):
+    starts = [input1_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
+    steps = [input1_step(geometry, d) for d in range(geometry.ndim)]
+    return starts, steps, tile.positions
+
+
+def _input2_lattice(geometry: Geometry, tile: Tile, offset: tuple[int, ...], extent):
+    starts = [input2_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
+    return starts, list(geometry.dilation_patch), extent
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+class Workspace:
+    """Buffers allocated once per call and viewed at each tile's size.
+
+    Reusing them avoids an allocation (and, on CPU, fresh page faults) per tile
+    and makes the peak exactly the sum of the buffer sizes the planner predicts.
+    """
+
+    def __init__(self, sizes: dict[str, int], dtype: torch.dtype, device: torch.device) -> None:
+        self._flat = {name: torch.empty(n, dtype=dtype, device=device) for name, n in sizes.items() if n > 0}
+
+    def view(self, name: str, *shape: int) -> torch.Tensor:
+        return self._flat[name][: math.prod(shape)].view(shape)
+
+    def release(self) -> None:
+        self._flat.clear()
+
+
+def workspace_elements(geometry: Geometry, tiling: Tiling, *, backward: bool) -> dict[str, int]:
+    """Elements of each workspace buffer a strategy needs (the planner's memory model)."""
+    return STRATEGIES[tiling.strategy].buffers(geometry, tiling, backward)
+
+
+def _tile_dims(geometry: Geometry, tiling: Tiling) -> tuple[int, int, int, int, int]:
+    """(Bt, K, T, Rg, J) of the largest tile: batch, kvol*C, positions, region, displacements."""
+    U = tuple(min(t, max(1, -(-o // geometry.lattice(d).step))) for d, (t, o) in enumerate(zip(tiling.tile, geometry.out_size)))
+    J = tuple(min(j, P) for j, P in zip(tiling.disp_tile, geometry.patch))
+    E = region_extent(geometry, U, J)
+    Bt = min(tiling.batch_tile, max(geometry.batch, 1))
+    return Bt, geometry.kernel_volume * geometry.channels, math.prod(U), math.prod(E), math.prod(J)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+class Sink(Protocol):
+    """Receives each tile's band of the cost volume, shape ``(Bt, *J, *U)``."""
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None: ...
+
+
+class OutputSink:
+    """Writes each band into its block of a preallocated cost volume."""
+
+    def __init__(self, geometry: Geometry, out: torch.Tensor) -> None:
+        self.geometry, self.out = geometry, out
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        self.out[volume_index(self.geometry, tile)].copy_(band)
+
+
+class _Context:
+    """What a strategy needs for one call: inputs, geometry, workspace, scale."""
+
+    def __init__(self, geometry: Geometry, x1: torch.Tensor, x2: torch.Tensor, ws: Workspace, scale: float) -> None:
+        self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
+        self.offsets = list(itertools.product(*(range(k) for k in geometry.kernel)))
+
+    def gather_x1(self, tile: Tile, name: str = "x1") -> torch.Tensor:
+        """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale."""
+        g = self.geometry
+        buf = self.ws.view(name, tile.batch, len(self.offsets), g.channels, *tile.positions)
+        for k, offset in enumerate(self.offsets):
+            gather(self.x1, buf[:, k], tile, *_input1_lattice(g, tile, offset))
+        if self.scale != 1.0:
+            buf.mul_(self.scale)
+        return buf
+
+    def gather_x2(self, tile: Tile, extent) -> torch.Tensor:
+        """``(Bt, kvol, C, *E)`` the dense input2 region the tile reaches."""
+        g = self.geometry
+        buf = self.ws.view("x2", tile.batch, len(self.offsets), g.channels, *extent)
+        for k, offset in enumerate(self.offsets):
+            gather(self.x2, buf[:, k], tile, *_input2_lattice(g, tile, offset, extent))
+        return buf
+
+    def scatter_g1(self, grad1: torch.Tensor, tile: Tile, buf: torch.Tensor) -> None:
+        if self.scale != 1.0:
+            buf.mul_(self.scale)
+        for k, offset in enumerate(self.offsets):
+            scatter_add(grad1, buf[:, k], tile, *_input1_lattice(self.geometry, tile, offset))
+
+    def scatter_g2(self, grad2: torch.Tensor, tile: Tile, buf: torch.Tensor, extent) -> None:
+        if self.scale != 1.0:
+            buf.mul_(self.scale)
+        for k, offset in enumerate(self.offsets):
+            scatter_add(grad2, buf[:, k], tile, *_input2_lattice(self.geometry, tile, offset, extent))
+
+
+def _y_band(y: torch.Tensor, geometry: Geometry, tile: Tile) -> torch.Tensor:
+    """From ``y`` of shape ``(Bt, *U, *E)`` the band ``(Bt, *U, *J)``: ``y[b, *a, *(a*m + jj)]``."""
+    N = geometry.ndim
+    strides = y.stride()
+    pos_strides = [strides[1 + d] + geometry.lattice(d).region_step * strides[1 + N + d] for d in range(N)]
+    return y.as_strided(
+        (tile.batch, *tile.positions, *tile.displacements),
+        (strides[0], *pos_strides, *strides[1 + N :]),
+        y.storage_offset(),
+    )
+
+
+def _to_volume_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(Bt, *U, *J)`` -> ``(Bt, *J, *U)`` (a permuted view)."""
+    return band.permute(0, *range(1 + ndim, 1 + 2 * ndim), *range(1, 1 + ndim))
+
+
+def _to_tile_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(Bt, *J, *U)`` -> ``(Bt, *U, *J)`` (a permuted view)."""
+    return band.permute(0, *range(1 + ndim, 1 + 2 * ndim), *range(1, 1 + ndim))
+
+
+class TileMatmul:
+    """One dense matmul of the input1 tile against its whole input2 region.
+
+    ``Y = X1^T @ X2`` of shape ``(Bt, T, R)`` holds every product the tile
+    needs plus some it does not (``R`` > ``J`` per position); the band is taken
+    out of ``Y`` as a strided view, without a copy. Fast when the tile is large
+    enough for matmul to run near its peak and the region not much larger than
+    the displacements.
+    """
+
+    name = "tile_matmul"
+
+    @staticmethod
+    def buffers(geometry: Geometry, tiling: Tiling, backward: bool) -> dict[str, int]:
+        Bt, K, T, R, _J = _tile_dims(geometry, tiling)
+        sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "y": Bt * T * R}
+        if backward:
+            sizes.update({"g1": Bt * K * T, "g2": Bt * K * R})
+        return sizes
+
+    @staticmethod
+    def forward(ctx: _Context, tile: Tile, sink: Sink) -> None:
+        g, N = ctx.geometry, ctx.geometry.ndim
+        extent = region_extent(g, tile.positions, tile.displacements)
+        T, R = math.prod(tile.positions), math.prod(extent)
+        x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
+        x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
+        y = ctx.ws.view("y", tile.batch, T, R)
+        torch.bmm(x1.transpose(1, 2), x2, out=y)
+        band = _y_band(y.view(tile.batch, *tile.positions, *extent), g, tile)
+        sink.consume(tile, _to_volume_order(band, N))
+
+    @staticmethod
+    def backward(ctx: _Context, tile: Tile, grad_out: torch.Tensor, grad1, grad2) -> None:
+        g, N = ctx.geometry, ctx.geometry.ndim
+        extent = region_extent(g, tile.positions, tile.displacements)
+        T, R = math.prod(tile.positions), math.prod(extent)
+        gy = ctx.ws.view("y", tile.batch, T, R)
+        gy.zero_()
+        band = _y_band(gy.view(tile.batch, *tile.positions, *extent), g, tile)
+        band.copy_(_to_tile_order(grad_out[volume_index(g, tile)], N))
+        if grad1 is not None:
+            x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
+            g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions)
+            torch.bmm(x2, gy.transpose(1, 2), out=g1.view(tile.batch, -1, T))
+            ctx.scatter_g1(grad1, tile, g1)
+        if grad2 is not None:
+            x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
+            g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent)
+            torch.bmm(x1, gy, out=g2.view(tile.batch, -1, R))
+            # x1 was gathered with the scale already applied.
+            for k, offset in enumerate(ctx.offsets):
+                scatter_add(grad2, g2[:, k], tile, *_input2_lattice(g, tile, offset, extent))
+
+
+def _shifted(region: torch.Tensor, geometry: Geometry, tile: Tile, jj: tuple[int, ...]) -> torch.Tensor:
+    """From a region ``(Bt, kvol, C, *E)`` the view ``region[..., *(a*m + jj)]``, ``(Bt, kvol, C, *U)``."""
+    N = geometry.ndim
+    strides = region.stride()
+    offset = region.storage_offset() + sum(jj[d] * strides[3 + d] for d in range(N))
+    pos_strides = [geometry.lattice(d).region_step * strides[3 + d] for d in range(N)]
+    return region.as_strided((*region.shape[:3], *tile.positions), (*strides[:3], *pos_strides), offset)
+
+
+class Shift:
+    """One displacement at a time: multiply the input1 tile by a shifted view of the region.
+
+    Does exactly the needed products (no waste) but at elementwise speed, not
+    matmul speed; it needs less workspace than :class:`TileMatmul` for the same
+    tile and wins when there are few channels.
+    """
+
+    name = "shift"
+
+    @staticmethod
+    def buffers(geometry: Geometry, tiling: Tiling, backward: bool) -> dict[str, int]:
+        Bt, K, T, R, J = _tile_dims(geometry, tiling)
+        sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "band": Bt * J * T}
+        sizes["prod" if not backward else "g1"] = Bt * K * T
+        if backward:
+            sizes["g2"] = Bt * K * R
+        return sizes
+
+    @staticmethod
+    def forward(ctx: _Context, tile: Tile, sink: Sink) -> None:
+        g, N = ctx.geometry, ctx.geometry.ndim
+        extent = region_extent(g, tile.positions, tile.displacements)
+        x1 = ctx.gather_x1(tile)
+        x2 = ctx.gather_x2(tile, extent)
+        prod = ctx.ws.view("prod", *x1.shape)
+        T, J = math.prod(tile.positions), math.prod(tile.displacements)
+        band = ctx.ws.view("band", J, tile.batch, T)
+        for k, jj in enumerate(itertools.product(*(range(j) for j in tile.displacements))):
+            torch.mul(x1, _shifted(x2, g, tile, jj), out=prod)
+            torch.sum(prod.view(tile.batch, -1, T), dim=1, out=band[k])
+        volume = band.view(*tile.displacements, tile.batch, *tile.positions)
+        sink.consume(tile, volume.permute(N, *range(N), *range(N + 1, 2 * N + 1)))
+
+    @staticmethod
+    def backward(ctx: _Context, tile: Tile, grad_out: torch.Tensor, grad1, grad2) -> None:
+        g, N = ctx.geometry, ctx.geometry.ndim
+        extent = region_extent(g, tile.positions, tile.displacements)
+        T, J = math.prod(tile.positions), math.prod(tile.displacements)
+        band = ctx.ws.view("band", tile.batch, *tile.displacements, *tile.positions)
+        band.copy_(grad_out[volume_index(g, tile)])
+        band = band.view(tile.batch, 1, 1, J, *tile.positions)
+        x1 = ctx.gather_x1(tile) if grad2 is not None else None
+        x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
+        g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions).zero_() if grad1 is not None else None
+        g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_() if grad2 is not None else None
+        for k, jj in enumerate(itertools.product(*(range(j) for j in tile.displacements))):
+            weight = band[:, :, :, k]
+            if g1 is not None:
+                g1.addcmul_(_shifted(x2, g, tile, jj), weight)
+            if g2 is not None:
+                _shifted(g2, g, tile, jj).addcmul_(x1, weight)
+        if g1 is not None:
+            ctx.scatter_g1(grad1, tile, g1)
+        if g2 is not None:
+            for k, offset in enumerate(ctx.offsets):
+                scatter_add(grad2, g2[:, k], tile, *_input2_lattice(g, tile, offset, extent))
+
+
+#: The execution strategies, by name. Each has the same three static methods.
+STRATEGIES: dict[str, type] = {TileMatmul.name: TileMatmul, Shift.name: Shift}
+
+
+def get_strategy(name: str) -> type:
+    """Look a strategy up by name; an unknown name lists the valid ones."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        from .errors import ArgumentValueError
+
+        raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {name!r}") from None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, sink: Sink, *, scale: float = 1.0) -> None:
+    """Compute every tile of the cost volume and hand it to ``sink``.
+
+    Args:
+        x1, x2: inputs of shape ``(B, C, *in_size)``, any strides.
+        geometry: their shapes and the correlation parameters.
+        tiling: the plan's tiling.
+        sink: receives each band ``(Bt, *J, *U)`` in the compute dtype.
+        scale: multiplies every output value (the normalisation).
+    """
+    strategy = get_strategy(tiling.strategy)
+    ws = Workspace(strategy.buffers(geometry, tiling, False), compute_dtype(x1.dtype), x1.device)
+    try:
+        ctx = _Context(geometry, x1, x2, ws, scale)
+        for tile in iter_tiles(geometry, tiling):
+            strategy.forward(ctx, tile, sink)
+    finally:
+        ws.release()
+
+
+def run_backward(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    grad_out: torch.Tensor,
+    geometry: Geometry,
+    tiling: Tiling,
+    grad1: torch.Tensor | None,
+    grad2: torch.Tensor | None,
+    *,
+    scale: float = 1.0,
+) -> None:
+    """Accumulate the gradients of both inputs, tile by tile, into ``grad1``/``grad2``.
+
+    Args:
+        grad_out: gradient of the cost volume, ``(B, *patch, *out_size)``.
+        grad1, grad2: zero-initialised accumulators of shape ``(B, C, *in_size)``
+            in the compute dtype, or ``None`` for a gradient nobody needs.
+    """
+    strategy = get_strategy(tiling.strategy)
+    ws = Workspace(strategy.buffers(geometry, tiling, True), compute_dtype(x1.dtype), x1.device)
+    try:
+        ctx = _Context(geometry, x1, x2, ws, scale)
+        for tile in iter_tiles(geometry, tiling):
+            strategy.backward(ctx, tile, grad_out, grad1, grad2)
+    finally:
+        ws.release()

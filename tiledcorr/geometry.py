@@ -1,0 +1,201 @@
+"""Parameters -> output shape, displacements and tile lattices (pure arithmetic).
+
+Notation, per spatial dimension (for images: H then W):
+
+* ``n`` input size, ``k`` kernel size, ``P`` patch size, ``s`` stride,
+  ``p`` padding, ``l`` kernel dilation, ``q`` patch dilation (dilation_patch);
+* output size ``o = (n + 2p - ((k-1)l + 1)) // s + 1`` (0 when negative);
+* displacement index ``j`` in ``[0, P)`` shifts by ``(j - R) * q`` with
+  ``R = (P - 1) // 2``;
+* output position ``h`` and kernel offset ``i`` read input1 at
+  ``h*s - p + i*l`` and input2 at that plus the shift.
+
+Tiles. Positions ``h`` with the same residue modulo ``t = q / gcd(s, q)``
+reach input2 on one lattice of step ``q``: position ``h = r + t*(u0 + a)``
+and displacement ``j = j0 + jj`` read input2 at
+``base + (a*m + jj) * q`` with ``m = s / gcd(s, q)``. A tile of ``U``
+positions and ``J`` displacements therefore needs a dense input2 region of
+``(U - 1)*m + J`` lattice points per dimension, and one matmul of the
+input1 tile against that region contains every product the tile needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Shapes and parameters of one correlation, every per-dimension value a tuple.
+
+    Attributes:
+        batch: B.
+        channels: C.
+        in_size: spatial size of both inputs, e.g. ``(H, W)``.
+        kernel, patch, stride, padding, dilation, dilation_patch: one int per
+            spatial dimension, with ``spatial_correlation_sampler``'s meaning.
+    """
+
+    batch: int
+    channels: int
+    in_size: tuple[int, ...]
+    kernel: tuple[int, ...]
+    patch: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    dilation_patch: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 for images, 3 for volumes)."""
+        return len(self.in_size)
+
+    @cached_property
+    def out_size(self) -> tuple[int, ...]:
+        """Output spatial size ``(oH, oW)``; a 0 where the kernel does not fit."""
+        return tuple(
+            max(0, (n + 2 * p - ((k - 1) * l + 1)) // s + 1)
+            for n, p, k, l, s in zip(
+                self.in_size, self.padding, self.kernel, self.dilation, self.stride
+            )
+        )
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Shape of the cost volume: ``(B, *patch, *out_size)``."""
+        return (self.batch, *self.patch, *self.out_size)
+
+    @property
+    def radius(self) -> tuple[int, ...]:
+        """Index of the zero displacement along each patch dimension."""
+        return tuple((P - 1) // 2 for P in self.patch)
+
+    @property
+    def num_displacements(self) -> int:
+        return math.prod(self.patch)
+
+    @property
+    def kernel_volume(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def num_positions(self) -> int:
+        return math.prod(self.out_size)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the output or the sums are empty (B, C or a spatial size is 0)."""
+        return self.batch == 0 or self.channels == 0 or self.num_positions == 0
+
+    def shifts(self, dim: int) -> list[int]:
+        """Displacements in pixels along ``dim``, in output order."""
+        R, q = self.radius[dim], self.dilation_patch[dim]
+        return [(j - R) * q for j in range(self.patch[dim])]
+
+    def lattice(self, dim: int) -> "Lattice":
+        """The tile lattice constants of one spatial dimension."""
+        s, q = self.stride[dim], self.dilation_patch[dim]
+        g = math.gcd(s, q)
+        return Lattice(step=q // g, region_step=s // g)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds of the exact correlation, times two."""
+        return 2 * self.batch * self.channels * self.kernel_volume * self.num_displacements * self.num_positions
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Tiling constants of one dimension (see the module docstring).
+
+    Attributes:
+        step: ``t``, the spacing of output positions inside one tile.
+        region_step: ``m``, how far the input2 region advances per position.
+    """
+
+    step: int
+    region_step: int
+
+    def positions_per_class(self, out_size: int, residue: int) -> int:
+        """Number of output positions ``h < out_size`` with ``h % step == residue``."""
+        return max(0, -(-(out_size - residue) // self.step))
+
+    def region_extent(self, positions: int, displacements: int) -> int:
+        """Lattice points of input2 a tile of this many positions and displacements reads."""
+        return (positions - 1) * self.region_step + displacements
+
+
+@dataclass(frozen=True)
+class Span:
+    """One block along one dimension of a tile.
+
+    Attributes:
+        residue: ``r``, the position class modulo the lattice step.
+        start: ``u0``, first position index within that class.
+        count: ``U``, number of positions.
+        disp_start: ``j0``, first displacement index.
+        disp_count: ``J``, number of displacements.
+    """
+
+    residue: int
+    start: int
+    count: int
+    disp_start: int
+    disp_count: int
+
+
+def spans(geometry: Geometry, dim: int, tile: int, disp_tile: int) -> Iterator[Span]:
+    """Yield the blocks that cover dimension ``dim`` with tiles of the given sizes."""
+    lattice = geometry.lattice(dim)
+    for j0 in range(0, geometry.patch[dim], disp_tile):
+        J = min(disp_tile, geometry.patch[dim] - j0)
+        for r in range(lattice.step):
+            U_total = lattice.positions_per_class(geometry.out_size[dim], r)
+            for u0 in range(0, U_total, tile):
+                yield Span(r, u0, min(tile, U_total - u0), j0, J)
+
+
+def count_spans(geometry: Geometry, dim: int, tile: int, disp_tile: int) -> int:
+    """Number of blocks :func:`spans` yields, without building them."""
+    lattice = geometry.lattice(dim)
+    per_disp = sum(
+        -(-lattice.positions_per_class(geometry.out_size[dim], r) // tile)
+        for r in range(lattice.step)
+    )
+    return per_disp * -(-geometry.patch[dim] // disp_tile)
+
+
+def input1_start(geometry: Geometry, dim: int, span: Span, kernel_offset: int) -> int:
+    """Coordinate in input1 of the span's first position for one kernel offset."""
+    lattice = geometry.lattice(dim)
+    h0 = span.residue + lattice.step * span.start
+    return h0 * geometry.stride[dim] - geometry.padding[dim] + kernel_offset * geometry.dilation[dim]
+
+
+def input1_step(geometry: Geometry, dim: int) -> int:
+    """Distance in input1 between consecutive positions of a span."""
+    return geometry.lattice(dim).step * geometry.stride[dim]
+
+
+def input2_start(geometry: Geometry, dim: int, span: Span, kernel_offset: int) -> int:
+    """Coordinate in input2 of the first point of the span's region."""
+    shift = (span.disp_start - geometry.radius[dim]) * geometry.dilation_patch[dim]
+    return input1_start(geometry, dim, span, kernel_offset) + shift
+
+
+def output_slice(geometry: Geometry, dim: int, span: Span) -> slice:
+    """The output positions of a span along ``dim``, as a strided slice."""
+    t = geometry.lattice(dim).step
+    h0 = span.residue + t * span.start
+    return slice(h0, h0 + t * (span.count - 1) + 1, t)
+
+
+def clip(start: int, step: int, count: int, size: int) -> tuple[int, int]:
+    """Range ``[lo, hi)`` of indices ``n < count`` with ``0 <= start + step*n < size``."""
+    lo = max(0, -(start // step))  # ceil(-start / step) when start < 0
+    hi = min(count, -(-(size - start) // step)) if size > start else 0
+    return lo, max(lo, hi)

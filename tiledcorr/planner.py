@@ -1,0 +1,385 @@
+"""Planning from shapes alone: memory model, cost model and :func:`plan`.
+
+The planner enumerates tilings (strategy, batch tile, position tile and
+displacement tile per dimension), predicts for each the workspace it
+allocates (:func:`tiledcorr.engine.workspace_elements`, exact buffer sizes)
+and the time it takes (a cost model of matmul efficiency, bytes moved and
+per-tile overhead), keeps those that fit the budget and picks the fastest;
+among plans within 5% of the fastest it picks the smallest, so a default call
+does not hold gigabytes where a few hundred megabytes run as fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import checks
+from .budget import DEFAULT_FRACTION, format_bytes, free_memory, resolve_budget
+from .engine import STRATEGIES, Tiling, compute_dtype, iter_tiles, workspace_elements
+from .errors import ArgumentValueError, MemoryBudgetError, ShapeError
+from .geometry import Geometry, count_spans
+
+#: Plans within this factor of the fastest count as "about equally fast".
+EQUALLY_FAST = 1.05
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Rough speeds of one device type, used only to rank tilings against each other."""
+
+    matmul_flops: float  # FLOP/s of a large matmul
+    bandwidth: float  # bytes/s of strided copies
+    tile_overhead: float  # seconds of Python and launch overhead per tile
+    copy_overhead: float  # seconds per gather/scatter call
+    half_size: float  # matmul dimension at which efficiency is 50%
+
+
+DEVICE_MODELS = {
+    "cpu": DeviceModel(matmul_flops=1.0e11, bandwidth=4e9, tile_overhead=40e-6, copy_overhead=8e-6, half_size=8),
+    "cuda": DeviceModel(matmul_flops=4.0e13, bandwidth=1.5e12, tile_overhead=60e-6, copy_overhead=10e-6, half_size=64),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An immutable execution plan for one correlation problem.
+
+    Attributes:
+        geometry: shapes and parameters the plan was made for.
+        dtype: input dtype; ``compute_dtype`` is what sums accumulate in.
+        device_type: ``"cpu"`` or ``"cuda"``.
+        tiling: strategy and tile sizes (see :class:`tiledcorr.engine.Tiling`).
+        budget_bytes: the workspace budget the plan was made for.
+        forward_workspace_bytes: predicted peak temporary memory of the forward.
+        backward_workspace_bytes: the same for the backward (recomputes per tile).
+        output_bytes: size of the cost volume the caller asked for.
+        naive_bytes: the ``(B, C*k*k, P*P, oH, oW)`` tensor the unfold approach builds.
+        predicted_seconds: the cost model's estimate (forward; plus backward
+            when planned with ``requires_grad``), only meaningful relative to others.
+        requires_grad: whether the backward had to fit the budget too.
+    """
+
+    geometry: Geometry
+    dtype: torch.dtype
+    device_type: str
+    tiling: Tiling
+    budget_bytes: int
+    forward_workspace_bytes: int
+    backward_workspace_bytes: int
+    output_bytes: int
+    naive_bytes: int
+    predicted_seconds: float
+    requires_grad: bool
+    compute_dtype: torch.dtype = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "compute_dtype", compute_dtype(self.dtype))
+
+    @property
+    def strategy(self) -> str:
+        return self.tiling.strategy
+
+    @property
+    def displacement_chunk(self) -> int:
+        """Displacements computed per tile."""
+        return math.prod(min(j, P) for j, P in zip(self.tiling.disp_tile, self.geometry.patch))
+
+    @property
+    def row_tile(self) -> int:
+        """Output rows per tile (within one position class; see :mod:`tiledcorr.geometry`)."""
+        return self.tiling.tile[-2] if self.geometry.ndim >= 2 else 1
+
+    @property
+    def column_tile(self) -> int:
+        return self.tiling.tile[-1]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Number of blocks along batch and each spatial dimension."""
+        g, t = self.geometry, self.tiling
+        return (
+            -(-g.batch // t.batch_tile) if g.batch else 0,
+            *(count_spans(g, d, t.tile[d], t.disp_tile[d]) for d in range(g.ndim)),
+        )
+
+    @property
+    def passes(self) -> int:
+        """Number of tiles the forward (and again the backward) executes."""
+        return math.prod(self.grid)
+
+    @property
+    def peak_workspace_bytes(self) -> int:
+        return max(self.forward_workspace_bytes, self.backward_workspace_bytes if self.requires_grad else 0)
+
+    def check_fits(self, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
+        """Raise if this plan was made for other shapes, parameters, dtype or device."""
+        if geometry != self.geometry:
+            raise ArgumentValueError(
+                f"plan was made for {_describe(self.geometry)}, but the inputs and "
+                f"parameters give {_describe(geometry)}; make a new plan with tiledcorr.plan()"
+            )
+        if dtype != self.dtype or torch.device(device).type != self.device_type:
+            raise ArgumentValueError(
+                f"plan was made for dtype {self.dtype} on {self.device_type}, but the inputs "
+                f"are {dtype} on {torch.device(device).type}"
+            )
+
+    def __str__(self) -> str:
+        g, t = self.geometry, self.tiling
+        lines = [
+            f"tiledcorr plan: {_describe(g)}, {str(self.dtype).replace('torch.', '')} on {self.device_type}",
+            f"  output (B, *patch, *out)   {tuple(g.out_shape)}  {format_bytes(self.output_bytes)}",
+            f"  naive unfold would need    {format_bytes(self.naive_bytes)}",
+            f"  budget (workspace)         {format_bytes(self.budget_bytes)}",
+            f"  planned peak workspace     forward {format_bytes(self.forward_workspace_bytes)}, "
+            f"backward {format_bytes(self.backward_workspace_bytes)}",
+            f"  strategy                   {t.strategy}",
+            f"  tile                       batch {t.batch_tile}, positions {'x'.join(map(str, t.tile))}, "
+            f"displacements {'x'.join(str(min(j, P)) for j, P in zip(t.disp_tile, g.patch))} "
+            f"(of {'x'.join(map(str, g.patch))})",
+            f"  chunk grid                 {' x '.join(map(str, self.grid))} (batch x per-dimension blocks)",
+            f"  passes                     {self.passes} tiles per forward, {self.passes} per backward",
+        ]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Machine-readable summary (used by ``tiledcorr plan --json``)."""
+        g, t = self.geometry, self.tiling
+        return {
+            "input_shape": [g.batch, g.channels, *g.in_size],
+            "kernel_size": list(g.kernel), "patch_size": list(g.patch), "stride": list(g.stride),
+            "padding": list(g.padding), "dilation": list(g.dilation), "dilation_patch": list(g.dilation_patch),
+            "output_shape": list(g.out_shape), "dtype": str(self.dtype).replace("torch.", ""),
+            "device": self.device_type, "strategy": t.strategy, "batch_tile": t.batch_tile,
+            "position_tile": list(t.tile), "displacement_tile": [min(j, P) for j, P in zip(t.disp_tile, g.patch)],
+            "displacement_chunk": self.displacement_chunk, "grid": list(self.grid), "passes": self.passes,
+            "budget_bytes": self.budget_bytes, "forward_workspace_bytes": self.forward_workspace_bytes,
+            "backward_workspace_bytes": self.backward_workspace_bytes, "output_bytes": self.output_bytes,
+            "naive_bytes": self.naive_bytes, "predicted_seconds": self.predicted_seconds,
+        }
+
+
+def _describe(g: Geometry) -> str:
+    size = "x".join(map(str, g.in_size))
+    params = [f"{name} {'x'.join(map(str, v))}" for name, v in (
+        ("kernel", g.kernel), ("patch", g.patch), ("stride", g.stride), ("padding", g.padding),
+        ("dilation", g.dilation), ("dilation_patch", g.dilation_patch)) if any(x != (0 if name == "padding" else 1) for x in v)]
+    return f"B={g.batch} C={g.channels} {size}" + (", " + ", ".join(params) if params else "")
+
+
+def make_geometry(
+    input1_shape: Sequence[int],
+    input2_shape: Sequence[int] | None,
+    kernel_size, patch_size, stride, padding, dilation, dilation_patch,
+) -> Geometry:
+    """Validate shapes and parameters and build the :class:`Geometry`."""
+    shape1 = tuple(input1_shape)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape1) or len(shape1) not in (4, 5):
+        raise ShapeError(f"input1_shape must be (B, C, H, W) or (B, C, D, H, W) of non-negative ints, got {input1_shape!r}")
+    if input2_shape is not None and tuple(input2_shape) != shape1:
+        raise ShapeError(f"input1 and input2 must have the same shape, got {shape1} and {tuple(input2_shape)}")
+    n = len(shape1) - 2
+    return Geometry(
+        batch=shape1[0], channels=shape1[1], in_size=shape1[2:],
+        kernel=checks.as_tuple("kernel_size", kernel_size, n, minimum=1),
+        patch=checks.as_tuple("patch_size", patch_size, n, minimum=1),
+        stride=checks.as_tuple("stride", stride, n, minimum=1),
+        padding=checks.as_tuple("padding", padding, n, minimum=0),
+        dilation=checks.as_tuple("dilation", dilation, n, minimum=1),
+        dilation_patch=checks.as_tuple("dilation_patch", dilation_patch, n, minimum=1),
+    )
+
+
+def plan(
+    input1_shape: Sequence[int],
+    input2_shape: Sequence[int] | None = None,
+    *,
+    kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    memory_budget: Any = None,
+    requires_grad: bool = False,
+    strategy: str | None = None,
+) -> Plan:
+    """Plan a correlation from shapes alone.
+
+    Args:
+        input1_shape: ``(B, C, H, W)`` (or ``(B, C, D, H, W)`` for volumes).
+        input2_shape: must equal ``input1_shape``; ``None`` means the same.
+        kernel_size, patch_size, stride, padding, dilation, dilation_patch: as
+            in :func:`tiledcorr.correlate`.
+        dtype: input dtype (half types are computed in float32).
+        device: where it will run; a ``None`` or fractional budget is taken
+            from that device's free memory.
+        memory_budget: workspace budget, any form :func:`tiledcorr.budget.resolve_budget`
+            accepts. The output itself is not counted (``Plan.output_bytes``).
+        requires_grad: plan so that the backward fits the budget too.
+        strategy: force one strategy of :data:`tiledcorr.engine.STRATEGIES`.
+
+    Returns:
+        The fastest :class:`Plan` that fits (see the module docstring).
+
+    Raises:
+        MemoryBudgetError: not even the smallest tile fits; the message states
+            the smallest budget that works.
+    """
+    geometry = make_geometry(input1_shape, input2_shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ArgumentValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    device = torch.device(device)
+    budget = _quantized_budget(memory_budget, device)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    return _cached_plan(geometry, dtype, device.type, budget, bool(requires_grad), strategy)
+
+
+def _quantized_budget(memory_budget: Any, device: torch.device) -> int:
+    """Resolve the budget; derived budgets are rounded down to 1/8 of a power of two.
+
+    Free memory changes between calls; rounding keeps the plan cache effective.
+    """
+    budget = resolve_budget(memory_budget, device)
+    if memory_budget is None or isinstance(memory_budget, float):
+        unit = 1 << max(0, budget.bit_length() - 4)
+        budget = max(unit, budget // unit * unit)
+    return budget
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_plan(geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool, strategy: str | None) -> Plan:
+    model = DEVICE_MODELS.get(device_type, DEVICE_MODELS["cpu"])
+    elem = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    out_elem = torch.empty((), dtype=dtype).element_size()
+    cands = _candidates(geometry, elem, model, strategy)
+    grads = _accumulator_bytes(geometry, dtype)
+    fwd_bytes, bwd_bytes = cands["fwd_bytes"], cands["bwd_bytes"] + grads
+    need = np.maximum(fwd_bytes, bwd_bytes) if requires_grad else fwd_bytes
+    seconds = cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0)
+    fits = need <= budget
+    if not fits.any():
+        smallest = int(need.min())
+        raise MemoryBudgetError(
+            f"memory_budget of {format_bytes(budget)} ({budget} bytes) is too small for "
+            f"{_describe(geometry)}: the smallest tile (one displacement at one output "
+            f"position) needs {format_bytes(smallest)} of workspace; pass memory_budget >= {smallest}",
+            minimum_bytes=smallest,
+        )
+    best = seconds[fits].min()
+    ok = np.flatnonzero(fits & (seconds <= best * EQUALLY_FAST))
+    choice = ok[np.lexsort((seconds[ok], need[ok]))[0]]
+    tiling = cands["tiling"](int(choice))
+    naive = geometry.batch * geometry.channels * geometry.kernel_volume * geometry.num_displacements * geometry.num_positions * out_elem
+    return Plan(
+        geometry=geometry, dtype=dtype, device_type=device_type, tiling=tiling, budget_bytes=budget,
+        forward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=False),
+        backward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=True) + grads,
+        output_bytes=math.prod(geometry.out_shape) * out_elem, naive_bytes=naive,
+        predicted_seconds=float(seconds[choice]), requires_grad=requires_grad,
+    )
+
+
+def _workspace_bytes(geometry: Geometry, tiling: Tiling, elem: int, *, backward: bool) -> int:
+    return elem * sum(workspace_elements(geometry, tiling, backward=backward).values())
+
+
+def _accumulator_bytes(geometry: Geometry, dtype: torch.dtype) -> int:
+    """float32 gradient accumulators of half inputs (cast to the input dtype at the end)."""
+    if compute_dtype(dtype) == dtype:
+        return 0
+    return 2 * geometry.batch * geometry.channels * math.prod(geometry.in_size) * 4
+
+
+def _size_candidates(limit: int, cap: int) -> list[int]:
+    """Tile sizes worth trying up to ``limit``: powers of two and even splits."""
+    limit = max(1, limit)
+    values = {1, limit} | {1 << i for i in range(limit.bit_length()) if 1 << i <= limit}
+    values |= {-(-limit // n) for n in range(2, 9)}
+    values = sorted(values)
+    if len(values) > cap:  # keep the extremes and an even spread
+        picks = np.unique(np.linspace(0, len(values) - 1, cap).round().astype(int))
+        values = [values[i] for i in picks]
+    return values
+
+
+def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | None) -> dict[str, Any]:
+    """Every candidate tiling with its predicted workspace and time (vectorised)."""
+    N = geometry.ndim
+    cap = 12 if N <= 2 else 5
+    classes = [geometry.lattice(d).step for d in range(N)]
+    u_max = [max(1, -(-o // t)) for o, t in zip(geometry.out_size, classes)]
+    per_dim_u = [_size_candidates(u, cap) for u in u_max]
+    per_dim_j = [_size_candidates(P, cap) for P in geometry.patch]
+    batches = _size_candidates(max(1, geometry.batch), 6)
+    strategies = [only] if only else list(STRATEGIES)
+
+    axes = [np.arange(len(strategies)), batches, *per_dim_u, *per_dim_j]
+    grid = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1).astype(np.float64)
+    s_idx, Bt = grid[:, 0], grid[:, 1]
+    U, J = grid[:, 2 : 2 + N], grid[:, 2 + N : 2 + 2 * N]
+    m = np.array([geometry.lattice(d).region_step for d in range(N)], dtype=np.float64)
+    E = (U - 1) * m + J
+    T, R, Jp = U.prod(1), E.prod(1), J.prod(1)
+    K = float(geometry.kernel_volume * geometry.channels)
+    kvol = geometry.kernel_volume
+
+    blocks = np.ones(len(grid))
+    for d in range(N):
+        per_class = np.zeros(len(grid))
+        for r in range(classes[d]):
+            n_r = geometry.lattice(d).positions_per_class(geometry.out_size[d], r)
+            per_class += np.ceil(n_r / U[:, d])
+        blocks *= per_class * np.ceil(geometry.patch[d] / J[:, d])
+    tiles = blocks * np.ceil(max(geometry.batch, 1) / Bt)
+
+    eff = lambda x: x / (x + model.half_size)  # noqa: E731 - matmul efficiency of one dimension
+    gather_bytes = 2 * elem * Bt * K * (T + R)
+    band_bytes = 2 * elem * Bt * T * Jp
+    overhead = model.tile_overhead + model.copy_overhead * 2 * kvol
+    is_mm = s_idx == strategies.index("tile_matmul") if "tile_matmul" in strategies else np.zeros(len(grid), bool)
+
+    mm_rate = model.matmul_flops * eff(T) * eff(R) * eff(K)
+    mm_fwd = 2 * Bt * T * R * K / mm_rate + (gather_bytes + band_bytes + elem * Bt * T * R) / model.bandwidth
+    mm_bwd = 2 * (2 * Bt * T * R * K / mm_rate) + (2 * gather_bytes + 2 * band_bytes + 3 * elem * Bt * T * R) / model.bandwidth
+    ew = 4 * elem * Bt * K * T / model.bandwidth + model.copy_overhead  # one elementwise pass
+    sh_fwd = Jp * (ew + model.copy_overhead) + (gather_bytes + band_bytes) / model.bandwidth
+    sh_bwd = 2 * Jp * (ew + model.copy_overhead) + (2 * gather_bytes + band_bytes) / model.bandwidth
+
+    fwd_s = tiles * (np.where(is_mm, mm_fwd, sh_fwd) + overhead)
+    bwd_s = tiles * (np.where(is_mm, mm_bwd, sh_bwd) + 2 * overhead)
+    # Buffer sizes, mirroring each strategy's ``buffers`` (checked by the tests).
+    fwd_elems = np.where(is_mm, Bt * K * T + Bt * K * R + Bt * T * R, 2 * Bt * K * T + Bt * K * R + Bt * Jp * T)
+    bwd_elems = np.where(is_mm, 2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T)
+    def tiling(i: int) -> Tiling:
+        row = grid[i]
+        return Tiling(strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))
+
+    return {"tiling": tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem, "fwd_s": fwd_s, "bwd_s": bwd_s}
+
+
+def check_output_fits(plan_: Plan, device: torch.device) -> None:
+    """Raise before allocating when the output alone exceeds the device's free memory."""
+    free = free_memory(device)
+    if plan_.output_bytes > free:
+        raise MemoryBudgetError(
+            f"the output {tuple(plan_.geometry.out_shape)} needs {format_bytes(plan_.output_bytes)} "
+            f"but only {format_bytes(free)} is free on {device}; reduce the batch, the patch "
+            "size or the image size, or use tiledcorr.correlate_reduce() to avoid storing the volume"
+        )
+
+
+def smaller_plan(plan_: Plan) -> Plan | None:
+    """A plan with about half the workspace of ``plan_`` (for OOM retries), or None."""
+    target = plan_.peak_workspace_bytes // 2
+    if target < 1:
+        return None
+    try:
+        return _cached_plan(plan_.geometry, plan_.dtype, plan_.device_type, target, plan_.requires_grad, None)
+    except MemoryBudgetError:
+        return None

@@ -1,0 +1,182 @@
+"""The cost volume: :func:`correlate` and its Module twin :class:`SpatialCorrelation`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checks
+from .autograd import CorrelationFunction
+from .errors import ArgumentTypeError, ArgumentValueError
+from .planner import Plan, make_geometry, plan as make_plan, check_output_fits
+from .typing import BudgetLike, IntOrTuple, Normalize
+
+NORMALIZATIONS = (None, "channels", "kernel_channels", "sqrt_channels")
+
+
+def normalization_scale(normalize: Normalize, channels: int, kernel_volume: int) -> float:
+    """The factor each sum is multiplied by for a ``normalize`` option.
+
+    ``None``: 1 (a plain sum, as ``spatial_correlation_sampler``);
+    ``"channels"``: 1/C (the mean over channels, as the pure-PyTorch ports);
+    ``"kernel_channels"``: 1/(k*k*C) (FlowNet2); ``"sqrt_channels"``: 1/sqrt(C)
+    (RAFT, GMFlow). With C = 0 the sums are empty and the factor is 1.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ArgumentValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if normalize is None or channels == 0:
+        return 1.0
+    return {
+        "channels": 1.0 / channels,
+        "kernel_channels": 1.0 / (channels * kernel_volume),
+        "sqrt_channels": 1.0 / math.sqrt(channels),
+    }[normalize]
+
+
+def prepare(
+    input1: Any, input2: Any, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
+    memory_budget: BudgetLike, plan: Plan | None, *, spatial_dims=(2, 3),
+) -> tuple[torch.Tensor, torch.Tensor, Plan]:
+    """Validate the inputs, apply autocast, and find (or check) the plan.
+
+    Shared by every entry point that runs the engine (the cost volume, the
+    fused reductions, the drop-in shims).
+    """
+    checks.check_inputs(input1, input2, spatial_dims=spatial_dims)
+    geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    device_type = input1.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Correlation is a matmul: under autocast it runs in autocast's dtype, as matmul does.
+        low = torch.get_autocast_dtype(device_type)
+        input1, input2 = input1.to(low), input2.to(low)
+    requires_grad = torch.is_grad_enabled() and (input1.requires_grad or input2.requires_grad)
+    if plan is None:
+        plan = make_plan(
+            input1.shape, kernel_size=geometry.kernel, patch_size=geometry.patch, stride=geometry.stride,
+            padding=geometry.padding, dilation=geometry.dilation, dilation_patch=geometry.dilation_patch,
+            dtype=input1.dtype, device=input1.device, memory_budget=memory_budget, requires_grad=requires_grad,
+        )
+    elif not isinstance(plan, Plan):
+        raise ArgumentTypeError(f"plan must be a tiledcorr.Plan from tiledcorr.plan(), got {type(plan).__name__}")
+    else:
+        plan.check_fits(geometry, input1.dtype, input1.device)
+    return input1, input2, plan
+
+
+def correlate(
+    input1: torch.Tensor,
+    input2: torch.Tensor,
+    kernel_size: IntOrTuple = 1,
+    patch_size: IntOrTuple = 1,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    dilation_patch: IntOrTuple = 1,
+    *,
+    normalize: Normalize = None,
+    flatten: bool = False,
+    memory_budget: BudgetLike = None,
+    plan: Plan | None = None,
+) -> torch.Tensor:
+    """Spatial correlation (cost volume) of two feature maps, computed in tiles.
+
+    Exactly the semantics of ``spatial_correlation_sampler`` (see
+    ``docs/semantics.md``): for output position ``(h, w)`` and displacement
+    ``(dy, dx) = ((ph - (PH-1)//2) * dilation_patchH, (pw - (PW-1)//2) * dilation_patchW)``::
+
+        out[b, ph, pw, h, w] = sum_c sum_{i<kH, j<kW} input1[b, c, y, x] * input2[b, c, y + dy, x + dx]
+        y = h*strideH - padH + i*dilationH,   x = w*strideW - padW + j*dilationW
+
+    with zeros outside the images (implicit zero padding), the kernel window
+    anchored at its top-left. Every parameter is an int or an ``(h, w)`` pair
+    (a triple for volumes). Half-precision inputs are accumulated in float32.
+
+    Args:
+        input1: tensor of shape ``(B, C, H, W)`` (or ``(B, C, D, H, W)``).
+        input2: tensor of the same shape, dtype and device.
+        kernel_size: size of the window summed over at each position.
+        patch_size: number of displacements along each dimension.
+        stride: step between output positions.
+        padding: implicit zero padding of both inputs.
+        dilation: spacing of the kernel window.
+        dilation_patch: spacing of the displacements.
+        normalize: ``None`` (plain sum), ``"channels"`` (/C),
+            ``"kernel_channels"`` (/(k*k*C)) or ``"sqrt_channels"`` (/sqrt(C)).
+        flatten: return ``(B, PH*PW, oH, oW)`` (dy-major) instead of 5-D.
+        memory_budget: bound on the temporary workspace: ``None`` (half of the
+            free memory), bytes, ``"512MiB"``-style strings, or a fraction in (0, 1].
+        plan: a ready :class:`tiledcorr.Plan` (overrides ``memory_budget``).
+
+    Returns:
+        Tensor of shape ``(B, PH, PW, oH, oW)`` (``(B, PH*PW, oH, oW)`` with
+        ``flatten``), dtype and device of ``input1``, contiguous, with
+        ``oH = (H + 2*padH - ((kH-1)*dilationH + 1)) // strideH + 1``.
+
+    Raises:
+        ShapeError, ArgumentTypeError, ArgumentValueError, DeviceError: bad input.
+        MemoryBudgetError: no tiling fits ``memory_budget``, or the output alone
+            does not fit in the device's free memory.
+
+    Example:
+        >>> x1, x2 = torch.randn(2, 64, 48, 64), torch.randn(2, 64, 48, 64)
+        >>> correlate(x1, x2, patch_size=9, memory_budget="64MiB").shape
+        torch.Size([2, 9, 9, 48, 64])
+    """
+    if not isinstance(flatten, bool):
+        raise ArgumentTypeError(f"flatten must be a bool, got {flatten!r}")
+    input1, input2, plan = prepare(
+        input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch, memory_budget, plan
+    )
+    g = plan.geometry
+    scale = normalization_scale(normalize, g.channels, g.kernel_volume)
+    check_output_fits(plan, input1.device)
+    with torch.autocast(input1.device.type, enabled=False):
+        out = CorrelationFunction.apply(input1, input2, plan, scale)
+    if flatten:
+        out = out.reshape(g.batch, g.num_displacements, *g.out_size)
+    return out
+
+
+def _repr_args(module: nn.Module, names: tuple[str, ...], defaults: dict[str, Any]) -> str:
+    """``name=value`` for each argument that differs from its default (kornia style)."""
+    parts = [f"{n}={getattr(module, n)!r}" for n in names if getattr(module, n) != defaults.get(n, object())]
+    return ", ".join(parts)
+
+
+class SpatialCorrelation(nn.Module):
+    """Module twin of :func:`correlate`; see the function for the arguments.
+
+    Shape:
+        - input1, input2: ``(B, C, H, W)``
+        - output: ``(B, PH, PW, oH, oW)``, or ``(B, PH*PW, oH, oW)`` with ``flatten=True``
+
+    Example:
+        >>> layer = SpatialCorrelation(patch_size=9, normalize="channels", flatten=True)
+        >>> layer(torch.randn(1, 32, 19, 34), torch.randn(1, 32, 19, 34)).shape
+        torch.Size([1, 81, 19, 34])
+    """
+
+    _ARGS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch", "normalize", "flatten", "memory_budget")
+    _DEFAULTS = dict(kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1, normalize=None, flatten=False, memory_budget=None)
+
+    def __init__(
+        self, kernel_size: IntOrTuple = 1, patch_size: IntOrTuple = 1, stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0, dilation: IntOrTuple = 1, dilation_patch: IntOrTuple = 1, *,
+        normalize: Normalize = None, flatten: bool = False, memory_budget: BudgetLike = None,
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.patch_size, self.stride = kernel_size, patch_size, stride
+        self.padding, self.dilation, self.dilation_patch = padding, dilation, dilation_patch
+        self.normalize, self.flatten, self.memory_budget = normalize, flatten, memory_budget
+
+    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        return correlate(
+            input1, input2, self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
+            self.dilation_patch, normalize=self.normalize, flatten=self.flatten, memory_budget=self.memory_budget,
+        )
+
+    def extra_repr(self) -> str:
+        return _repr_args(self, self._ARGS, self._DEFAULTS)
