@@ -13,7 +13,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch.autograd.function import once_differentiable
 
-from .engine import OutputSink, compute_dtype, run_backward, run_forward
+from .engine import OutputSink, compute_dtype, run_backward, run_forward, volume_grad
 from .errors import MemoryBudgetError
 from .planner import Plan, smaller_plan
 
@@ -83,7 +83,7 @@ def backward_inputs(
         grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None
         grad2 = torch.zeros(input2.shape, dtype=acc_dtype, device=input2.device) if need2 else None
         if not g.is_empty:
-            run_backward(input1, input2, grad_out, g, p.tiling, grad1, grad2, scale=scale)
+            run_backward(input1, input2, g, p.tiling, grad1, grad2, volume_grad(grad_out), scale=scale)
         return grad1, grad2
 
     grad1, grad2 = with_oom_retry(plan, attempt)

@@ -207,12 +207,33 @@ class OutputSink:
         self.out[volume_index(self.geometry, tile)].copy_(band)
 
 
+class _Capture:
+    """A sink that keeps a copy of one band."""
+
+    def __init__(self, store: list) -> None:
+        self.store = store
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        self.store.append(band.clone())
+
+
 class _Context:
     """What a strategy needs for one call: inputs, geometry, workspace, scale."""
 
-    def __init__(self, geometry: Geometry, x1: torch.Tensor, x2: torch.Tensor, ws: Workspace, scale: float) -> None:
+    def __init__(self, geometry: Geometry, x1: torch.Tensor, x2: torch.Tensor, ws: Workspace, scale: float, strategy: type) -> None:
         self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
+        self.strategy = strategy
         self.offsets = list(itertools.product(*(range(k) for k in geometry.kernel)))
+
+    def recompute_band(self, tile: Tile) -> torch.Tensor:
+        """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
+
+        Uses the forward's workspace buffers, so call it before the backward
+        writes into them.
+        """
+        captured: list[torch.Tensor] = []
+        self.strategy.forward(self, tile, _Capture(captured))
+        return captured[0]
 
     def gather_x1(self, tile: Tile, name: str = "x1") -> torch.Tensor:
         """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale."""
@@ -300,14 +321,14 @@ class TileMatmul:
         sink.consume(tile, _to_volume_order(band, N))
 
     @staticmethod
-    def backward(ctx: _Context, tile: Tile, grad_out: torch.Tensor, grad1, grad2) -> None:
+    def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
         g, N = ctx.geometry, ctx.geometry.ndim
         extent = region_extent(g, tile.positions, tile.displacements)
         T, R = math.prod(tile.positions), math.prod(extent)
         gy = ctx.ws.view("y", tile.batch, T, R)
         gy.zero_()
         band = _y_band(gy.view(tile.batch, *tile.positions, *extent), g, tile)
-        band.copy_(_to_tile_order(grad_out[volume_index(g, tile)], N))
+        band.copy_(_to_tile_order(grad_band, N))
         if grad1 is not None:
             x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
             g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions)
@@ -366,12 +387,12 @@ class Shift:
         sink.consume(tile, volume.permute(N, *range(N), *range(N + 1, 2 * N + 1)))
 
     @staticmethod
-    def backward(ctx: _Context, tile: Tile, grad_out: torch.Tensor, grad1, grad2) -> None:
+    def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
         g, N = ctx.geometry, ctx.geometry.ndim
         extent = region_extent(g, tile.positions, tile.displacements)
         T, J = math.prod(tile.positions), math.prod(tile.displacements)
         band = ctx.ws.view("band", tile.batch, *tile.displacements, *tile.positions)
-        band.copy_(grad_out[volume_index(g, tile)])
+        band.copy_(grad_band)
         band = band.view(tile.batch, 1, 1, J, *tile.positions)
         x1 = ctx.gather_x1(tile) if grad2 is not None else None
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
@@ -420,36 +441,53 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: 
     strategy = get_strategy(tiling.strategy)
     ws = Workspace(strategy.buffers(geometry, tiling, False), compute_dtype(x1.dtype), x1.device)
     try:
-        ctx = _Context(geometry, x1, x2, ws, scale)
+        ctx = _Context(geometry, x1, x2, ws, scale, strategy)
         for tile in iter_tiles(geometry, tiling):
             strategy.forward(ctx, tile, sink)
     finally:
         ws.release()
 
 
+class GradSource(Protocol):
+    """Gives the gradient of each tile's band, shape ``(Bt, *J, *U)``.
+
+    It may call ``ctx.recompute_band(tile)`` to get the tile's forward values
+    (a fused reduction's backward needs them); it must return a tensor that
+    does not alias the workspace.
+    """
+
+    def __call__(self, ctx: "_Context", tile: Tile) -> torch.Tensor: ...
+
+
+def volume_grad(grad_out: torch.Tensor) -> GradSource:
+    """The gradient source of a stored cost volume: a view of its block of ``grad_out``."""
+    return lambda ctx, tile: grad_out[volume_index(ctx.geometry, tile)]
+
+
 def run_backward(
     x1: torch.Tensor,
     x2: torch.Tensor,
-    grad_out: torch.Tensor,
     geometry: Geometry,
     tiling: Tiling,
     grad1: torch.Tensor | None,
     grad2: torch.Tensor | None,
+    grad_source: GradSource,
     *,
     scale: float = 1.0,
 ) -> None:
     """Accumulate the gradients of both inputs, tile by tile, into ``grad1``/``grad2``.
 
     Args:
-        grad_out: gradient of the cost volume, ``(B, *patch, *out_size)``.
         grad1, grad2: zero-initialised accumulators of shape ``(B, C, *in_size)``
             in the compute dtype, or ``None`` for a gradient nobody needs.
+        grad_source: the gradient of each tile's band; :func:`volume_grad`
+            for a stored cost volume ``(B, *patch, *out_size)``.
     """
     strategy = get_strategy(tiling.strategy)
     ws = Workspace(strategy.buffers(geometry, tiling, True), compute_dtype(x1.dtype), x1.device)
     try:
-        ctx = _Context(geometry, x1, x2, ws, scale)
+        ctx = _Context(geometry, x1, x2, ws, scale, strategy)
         for tile in iter_tiles(geometry, tiling):
-            strategy.backward(ctx, tile, grad_out, grad1, grad2)
+            strategy.backward(ctx, tile, grad_source(ctx, tile), grad1, grad2)
     finally:
         ws.release()

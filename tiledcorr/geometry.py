@@ -37,6 +37,9 @@ class Geometry:
         in_size: spatial size of both inputs, e.g. ``(H, W)``.
         kernel, patch, stride, padding, dilation, dilation_patch: one int per
             spatial dimension, with ``spatial_correlation_sampler``'s meaning.
+            Internally padding may be negative (a crop; the FlowNet shim uses it).
+        out_limit: keep only the first ``out_limit`` output positions per
+            dimension (FlowNet's output is such a prefix); ``None`` keeps all.
     """
 
     batch: int
@@ -48,6 +51,7 @@ class Geometry:
     padding: tuple[int, ...]
     dilation: tuple[int, ...]
     dilation_patch: tuple[int, ...]
+    out_limit: tuple[int, ...] | None = None
 
     @property
     def ndim(self) -> int:
@@ -57,12 +61,15 @@ class Geometry:
     @cached_property
     def out_size(self) -> tuple[int, ...]:
         """Output spatial size ``(oH, oW)``; a 0 where the kernel does not fit."""
-        return tuple(
+        size = tuple(
             max(0, (n + 2 * p - ((k - 1) * l + 1)) // s + 1)
             for n, p, k, l, s in zip(
                 self.in_size, self.padding, self.kernel, self.dilation, self.stride
             )
         )
+        if self.out_limit is not None:
+            size = tuple(min(o, limit) for o, limit in zip(size, self.out_limit))
+        return size
 
     @property
     def out_shape(self) -> tuple[int, ...]:

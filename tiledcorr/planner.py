@@ -231,6 +231,19 @@ def plan(
             the smallest budget that works.
     """
     geometry = make_geometry(input1_shape, input2_shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    return plan_geometry(geometry, dtype=dtype, device=device, memory_budget=memory_budget, requires_grad=requires_grad, strategy=strategy)
+
+
+def plan_geometry(
+    geometry: Geometry,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    memory_budget: Any = None,
+    requires_grad: bool = False,
+    strategy: str | None = None,
+) -> Plan:
+    """:func:`plan` for an already validated :class:`Geometry` (used by the shims)."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ArgumentValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = torch.device(device)

@@ -11,7 +11,8 @@ from torch import nn
 from . import checks
 from .autograd import CorrelationFunction
 from .errors import ArgumentTypeError, ArgumentValueError
-from .planner import Plan, make_geometry, plan as make_plan, check_output_fits
+from .geometry import Geometry
+from .planner import Plan, check_output_fits, make_geometry, plan_geometry
 from .typing import BudgetLike, IntOrTuple, Normalize
 
 NORMALIZATIONS = (None, "channels", "kernel_channels", "sqrt_channels")
@@ -36,34 +37,29 @@ def normalization_scale(normalize: Normalize, channels: int, kernel_volume: int)
     }[normalize]
 
 
-def prepare(
-    input1: Any, input2: Any, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
-    memory_budget: BudgetLike, plan: Plan | None, *, spatial_dims=(2, 3),
-) -> tuple[torch.Tensor, torch.Tensor, Plan]:
-    """Validate the inputs, apply autocast, and find (or check) the plan.
+def prepare_inputs(input1: Any, input2: Any, *, spatial_dims=(2, 3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the two inputs and apply autocast (correlation runs in autocast's dtype, as matmul)."""
+    checks.check_inputs(input1, input2, spatial_dims=spatial_dims)
+    device_type = input1.device.type
+    if torch.is_autocast_enabled(device_type):
+        low = torch.get_autocast_dtype(device_type)
+        input1, input2 = input1.to(low), input2.to(low)
+    return input1, input2
+
+
+def resolve_plan(geometry: Geometry, input1: torch.Tensor, input2: torch.Tensor, memory_budget: BudgetLike, plan: Plan | None) -> Plan:
+    """Plan for ``geometry`` under ``memory_budget``, or check that a given ``plan`` fits it.
 
     Shared by every entry point that runs the engine (the cost volume, the
     fused reductions, the drop-in shims).
     """
-    checks.check_inputs(input1, input2, spatial_dims=spatial_dims)
-    geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
-    device_type = input1.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Correlation is a matmul: under autocast it runs in autocast's dtype, as matmul does.
-        low = torch.get_autocast_dtype(device_type)
-        input1, input2 = input1.to(low), input2.to(low)
-    requires_grad = torch.is_grad_enabled() and (input1.requires_grad or input2.requires_grad)
     if plan is None:
-        plan = make_plan(
-            input1.shape, kernel_size=geometry.kernel, patch_size=geometry.patch, stride=geometry.stride,
-            padding=geometry.padding, dilation=geometry.dilation, dilation_patch=geometry.dilation_patch,
-            dtype=input1.dtype, device=input1.device, memory_budget=memory_budget, requires_grad=requires_grad,
-        )
-    elif not isinstance(plan, Plan):
+        requires_grad = torch.is_grad_enabled() and (input1.requires_grad or input2.requires_grad)
+        return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=memory_budget, requires_grad=requires_grad)
+    if not isinstance(plan, Plan):
         raise ArgumentTypeError(f"plan must be a tiledcorr.Plan from tiledcorr.plan(), got {type(plan).__name__}")
-    else:
-        plan.check_fits(geometry, input1.dtype, input1.device)
-    return input1, input2, plan
+    plan.check_fits(geometry, input1.dtype, input1.device)
+    return plan
 
 
 def correlate(
@@ -127,9 +123,9 @@ def correlate(
     """
     if not isinstance(flatten, bool):
         raise ArgumentTypeError(f"flatten must be a bool, got {flatten!r}")
-    input1, input2, plan = prepare(
-        input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch, memory_budget, plan
-    )
+    input1, input2 = prepare_inputs(input1, input2)
+    geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    plan = resolve_plan(geometry, input1, input2, memory_budget, plan)
     g = plan.geometry
     scale = normalization_scale(normalize, g.channels, g.kernel_volume)
     check_output_fits(plan, input1.device)
