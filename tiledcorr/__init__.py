@@ -1,6 +1,7 @@
 """tiledcorr: exact spatial correlation (cost volumes) in pure PyTorch, within a memory budget."""
 
 from .budget import resolve_budget
+from .compat import Correlation, CorrTorch, FlowNetCorrelation, SpatialCorrelationSampler, corr_torch, flownet_correlation, spatial_correlation_sample
 from .errors import (
     ArgumentTypeError,
     ArgumentValueError,
@@ -15,6 +16,8 @@ from .volume import SpatialCorrelation, correlate
 __version__ = "0.1.0"
 
 __all__ = [
+    "Correlation", "CorrTorch", "FlowNetCorrelation", "SpatialCorrelationSampler", "corr_torch", "flownet_correlation",
+    "spatial_correlation_sample",
     "ArgumentTypeError", "ArgumentValueError", "DeviceError", "MemoryBudgetError", "Plan", "ShapeError",
     "SpatialCorrelation", "TiledCorrError", "correlate", "plan", "resolve_budget",
 ]
