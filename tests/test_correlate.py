@@ -69,14 +69,26 @@ def _smallest_budget(shape, **kw) -> int:
     raise AssertionError("a 1-byte budget cannot fit")
 
 
+def _many_tile_plan(shape, min_passes: int, max_passes: int = 3000, **kw):
+    """The plan of the largest budget (halving from the one-chunk plan's) with at least ``min_passes`` tiles."""
+    big = tiledcorr.plan(shape, memory_budget="4GiB", requires_grad=True, **kw)
+    budget = big.peak_workspace_bytes
+    floor = _smallest_budget(shape, **kw)
+    while budget > floor:
+        budget = max(floor, budget // 2)
+        p = tiledcorr.plan(shape, memory_budget=budget, requires_grad=True, **kw)
+        if p.passes >= min_passes:
+            assert p.passes <= max_passes, p.passes
+            return big, p
+    raise AssertionError(f"no plan with {min_passes} tiles for {shape} {kw}")
+
+
 def test_tiny_chunking_agrees_with_one_chunk(case):
     """float32: many displacement chunks and row tiles give the single-chunk result to 1e-5 of its scale."""
     shape, kw = case
     x1, x2 = _inputs(shape, torch.float32, seed=1)
-    big = tiledcorr.plan(shape, memory_budget="4GiB", requires_grad=True, **kw)
-    tiny_budget = 4 * _smallest_budget(shape, **kw)
-    tiny = tiledcorr.plan(shape, memory_budget=tiny_budget, requires_grad=True, **kw)
-    assert tiny.passes > big.passes
+    big, tiny = _many_tile_plan(shape, min_passes=4 * max(1, tiledcorr.plan(shape, memory_budget="4GiB", **kw).passes), **kw)
+    assert tiny.passes > big.passes and tiny.peak_workspace_bytes < big.peak_workspace_bytes
     results = []
     for p in (big, tiny):
         a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
@@ -97,13 +109,13 @@ GRADCHECK = [
 @pytest.mark.parametrize("kw", GRADCHECK)
 @pytest.mark.parametrize("strategy", ["tile_matmul", "shift"])
 def test_gradcheck_across_several_chunks(kw, strategy):
-    shape = (2, 2, 7, 6)
+    shape = (2, 1, 6, 5)
     x1, x2 = _inputs(shape)
-    budget = 2 * _smallest_budget(shape, **kw)
-    p = tiledcorr.plan(shape, dtype=torch.float64, memory_budget=budget, requires_grad=True, strategy=strategy, **kw)
+    _, small = _many_tile_plan(shape, min_passes=6, **kw)
+    p = tiledcorr.plan(shape, dtype=torch.float64, memory_budget=2 * small.peak_workspace_bytes, requires_grad=True, strategy=strategy, **kw)
     assert p.passes > 4
     fn = lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x1.requires_grad_(), x2.requires_grad_()))
+    assert torch.autograd.gradcheck(fn, (x1.requires_grad_(), x2.requires_grad_()), fast_mode=True)
 
 
 def test_double_backward_raises_clearly():
@@ -111,8 +123,9 @@ def test_double_backward_raises_clearly():
     x1.requires_grad_()
     out = tiledcorr.correlate(x1, x2, patch_size=3)
     (g,) = torch.autograd.grad(out.sum(), x1, create_graph=True)
-    with pytest.raises(RuntimeError, match="twice|once"):
-        g.sum().backward()
+    assert g.requires_grad  # carries the guard, so the error comes from tiledcorr
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        g.pow(2).sum().backward()
 
 
 def test_only_requested_gradients_are_computed(monkeypatch):
