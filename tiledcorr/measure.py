@@ -6,7 +6,10 @@ CPU: the process's resident set high-water mark. On Linux it is reset before
 the call by writing ``5`` to ``/proc/self/clear_refs``, and glibc is told to
 serve every allocation above 64 KiB with its own mapping (``mallopt``), so
 freed buffers go back to the system and the high-water mark is the peak of
-this call alone. Elsewhere a thread samples the RSS with psutil.
+this call alone. Elsewhere a thread samples the RSS with psutil. The glibc
+setting is applied when this module is imported, so import it before
+allocating what is to be measured: buffers allocated earlier may sit in
+glibc's heap, whose freed memory stays resident and hides later peaks.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ def _tune_malloc() -> None:
     except OSError:
         pass
     _malloc_tuned = True
+
+
+_tune_malloc()
 
 
 def _proc_status(key: str) -> int:
