@@ -11,9 +11,9 @@ import warnings
 from typing import Any, Callable, TypeVar
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from .engine import OutputSink, compute_dtype, run_backward, run_forward, volume_grad
+from . import nonfinite
+from .engine import GradSource, OutputSink, compute_dtype, run_backward, run_forward, volume_grad
 from .errors import MemoryBudgetError
 from .planner import Plan, smaller_plan
 
@@ -62,28 +62,44 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
     g = plan.geometry
     if g.is_empty:
         return input1.new_zeros(g.out_shape)
+    finite = nonfinite.all_finite(input1, input2)
 
     def attempt(p: Plan) -> torch.Tensor:
         out = input1.new_empty(g.out_shape)
-        run_forward(input1, input2, g, p.tiling, OutputSink(g, out), scale=scale)
+        if finite:
+            run_forward(input1, input2, g, p.tiling, OutputSink(g, out), scale=scale)
+        else:  # zero padding is not exact for NaN and Inf
+            nonfinite.run_forward(input1, input2, p, OutputSink(g, out), scale=scale)
         return out
 
     return with_oom_retry(plan, attempt)
 
 
 def backward_inputs(
-    input1: torch.Tensor, input2: torch.Tensor, grad_out: torch.Tensor, plan: Plan, scale: float,
+    input1: torch.Tensor, input2: torch.Tensor, grad_source: GradSource | torch.Tensor, plan: Plan, scale: float,
     need1: bool, need2: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of both inputs (``None`` where not needed), in the inputs' dtype."""
+    """Gradients of both inputs (``None`` where not needed), in the inputs' dtype.
+
+    ``grad_source`` gives each tile's band gradient: the stored volume's
+    gradient ``(B, *patch, *out_size)`` as a tensor (NaN and Inf then get
+    their in-image IEEE values, :mod:`tiledcorr.nonfinite`), or a fused
+    reduction's own :class:`~tiledcorr.engine.GradSource` (:mod:`tiledcorr.reduce`).
+    """
     g = plan.geometry
     acc_dtype = compute_dtype(input1.dtype)
+    grad_out = grad_source if isinstance(grad_source, torch.Tensor) else None
+    if grad_out is not None:
+        grad_source = volume_grad(grad_out)
+    ieee = grad_out is not None and not g.is_empty and not nonfinite.all_finite(input1, input2, grad_out)
 
     def attempt(p: Plan):
         grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None
         grad2 = torch.zeros(input2.shape, dtype=acc_dtype, device=input2.device) if need2 else None
-        if not g.is_empty:
-            run_backward(input1, input2, g, p.tiling, grad1, grad2, volume_grad(grad_out), scale=scale)
+        if ieee:  # zero padding is not exact for NaN and Inf
+            nonfinite.run_backward(input1, input2, p, grad1, grad2, grad_out, scale=scale)
+        elif not g.is_empty:
+            run_backward(input1, input2, g, p.tiling, grad1, grad2, grad_source, scale=scale)
         return grad1, grad2
 
     grad1, grad2 = with_oom_retry(plan, attempt)
@@ -105,9 +121,42 @@ class CorrelationFunction(torch.autograd.Function):
         ctx.plan, ctx.scale = plan, scale
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor):
         input1, input2 = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[:2]
-        grad1, grad2 = backward_inputs(input1, input2, grad_out, ctx.plan, ctx.scale, need1, need2)
-        return grad1, grad2, None, None
+        with torch.no_grad():
+            grad1, grad2 = backward_inputs(input1, input2, grad_out, ctx.plan, ctx.scale, need1, need2)
+        return guard_double_backward(grad1, input1, input2), guard_double_backward(grad2, input1, input2), None, None
+
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "tiledcorr's correlation is differentiable once: its gradient cannot be differentiated "
+    "again (double backward, e.g. a gradient penalty with create_graph=True through the correlation)"
+)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on a gradient; differentiating it raises :data:`DOUBLE_BACKWARD_MESSAGE`."""
+
+    @staticmethod
+    def forward(grad: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        return grad.view_as(grad)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor):
+        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
+
+
+def guard_double_backward(grad: torch.Tensor | None, *inputs: torch.Tensor) -> torch.Tensor | None:
+    """With ``create_graph=True``, attach a node to ``grad`` that raises if differentiated.
+
+    Without it the gradient would silently not require grad, and the user would
+    meet torch's "does not require grad" far from the cause.
+    """
+    if grad is None or not torch.is_grad_enabled():
+        return grad
+    return _NoDoubleBackward.apply(grad, *inputs)

@@ -85,9 +85,9 @@ def resolve_budget(memory_budget: Any, device: torch.device | str = "cpu") -> in
                 f"accepted forms: {ACCEPTED_FORMS}"
             )
         value = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        if value < 1:
+        if not 1 <= value < math.inf:
             raise ArgumentValueError(
-                f"memory_budget must be at least 1 byte, got {memory_budget!r}; "
+                f"memory_budget must be at least 1 byte and finite, got {memory_budget!r}; "
                 f"accepted forms: {ACCEPTED_FORMS}"
             )
         return int(value)

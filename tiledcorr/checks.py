@@ -67,6 +67,52 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Check a flag (``flatten``, ``requires_grad``): a bool, not merely something truthy."""
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+    return value
+
+
+def check_shape(name: str, value: Any, *, spatial_dims: Sequence[int] = (2, 3)) -> tuple[int, ...]:
+    """Check a shape ``(B, C, *spatial)`` given without a tensor (:func:`tiledcorr.plan`).
+
+    Raises:
+        ArgumentTypeError: not a tuple, list or ``torch.Size``.
+        ShapeError: wrong length, or an entry that is not a non-negative int.
+    """
+    if not isinstance(value, (tuple, list, torch.Size)):
+        raise ArgumentTypeError(
+            f"{name} must be a tuple of ints (B, C, *spatial), got {value!r} of type {type(value).__name__}"
+        )
+    shape = tuple(value)
+    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and v >= 0 for v in shape):
+        expected = " or ".join(f"{d + 2}" for d in spatial_dims)
+        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial), got {value!r}")
+    return shape
+
+
+def check_dtype(name: str, value: Any) -> torch.dtype:
+    """Check a dtype argument: one of the floating dtypes tiledcorr computes in."""
+    if value not in _FLOAT_DTYPES:
+        raise ArgumentTypeError(
+            f"{name} must be a floating torch.dtype (float16, bfloat16, float32 or float64), got {value!r}"
+        )
+    return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """Check a device argument (a ``torch.device``, a string such as ``"cuda:0"``, or a GPU index)."""
+    if isinstance(value, bool) or not isinstance(value, (torch.device, str, int)):
+        raise ArgumentTypeError(
+            f"{name} must be a torch.device, a device string or an index, got {value!r} of type {type(value).__name__}"
+        )
+    try:
+        return torch.device(value)
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceError(f"{name} {value!r} is not a device torch knows: {exc}") from None
+
+
 def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 3)) -> int:
     """Check the two feature maps and return their number of spatial dimensions.
 
@@ -76,13 +122,16 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
         spatial_dims: accepted numbers of spatial dimensions.
 
     Raises:
-        ArgumentTypeError: not a tensor, or a dtype that is not floating point.
+        ArgumentTypeError: not a tensor, not a dense (strided) tensor, or a
+            dtype that is not floating point.
         ShapeError: wrong number of dimensions or different shapes.
         DeviceError: different devices, or the meta device.
     """
     for name, x in (("input1", input1), ("input2", input2)):
         if not isinstance(x, torch.Tensor):
             raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout != torch.strided:
+            raise ArgumentTypeError(f"{name} must be a dense tensor, got layout {x.layout}; call .to_dense() first")
         if x.dtype not in _FLOAT_DTYPES:
             raise ArgumentTypeError(
                 f"{name} must have a floating dtype (float16, bfloat16, float32 or "

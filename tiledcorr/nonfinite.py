@@ -1,0 +1,230 @@
+"""NaN and Inf inputs, with exactly the original's in-image semantics.
+
+The engine implements the implicit padding with zeros, which is exact for
+finite values only: a non-finite input1 value whose input2 partner lies
+outside the image would give ``inf * 0 = NaN`` in an output whose sum, by
+the semantics, has no such term (and ``tile_matmul`` multiplies values outside
+a position's band by zero weights). So when an input is not finite the result
+is assembled from two exact parts:
+
+1. the finite part: the engine on copies whose non-finite entries are 0;
+2. the IEEE class of each sum, from correlations of 0/1 indicator maps through
+   the same engine, geometry and tiling with scale 1. Indicators are finite,
+   so zero padding is exact for them, and a sum of 0/1 products is > 0 exactly
+   when some valid term (both positions inside the image) has the property.
+
+A valid term ``x * y`` is NaN when a factor is NaN or one is infinite and the
+other zero; otherwise it is infinite when a factor is, with the product's
+sign. Counting NaN as +inf and -inf at once (a NaN with a non-zero or NaN
+partner then gives terms of both signs, whose sum is NaN), three kinds of
+terms cover every case, with ``pinf`` = +inf or NaN, ``ninf`` = -inf or NaN,
+``pos`` = > 0 or NaN, ``neg`` = < 0 or NaN:
+
+* NaN:  (nonfinite, zero), (zero, nonfinite)
+* +inf: (pinf, pos), (ninf, neg), (pos, pinf), (neg, ninf)
+* -inf: (pinf, neg), (ninf, pos), (pos, ninf), (neg, pinf)
+
+(pairs may overlap, e.g. +inf * +inf is in two of them; only "> 0" is used,
+so that is harmless). A sum with a NaN term or terms of both signs is NaN,
+else +-inf if it has an infinite term, else the finite part. The class value
+is *added* to the finite part, so a finite part that overflowed to +-inf on
+its own combines with it as IEEE addition does.
+
+The backward is the same construction for ``grad1 = sum grad_out * input2``
+and ``grad2 = sum grad_out * input1`` (``grad_out`` may be non-finite too).
+
+Cost, on this path only: pairs whose two classes do not both occur are
+skipped (a NaN in input1 alone leaves 4 or 5 pairs); in the forward, the pairs
+of one kind are stacked along channels as far as the plan's budget allows, so
+typically 2 or 3 extra engine calls; the backward makes one call per live
+pair. Temporaries beyond the plan's workspace: zeroed copies of the inputs,
+float32 indicator maps of the stacked pairs, one byte per output (or per
+input, for a gradient) holding the class, and in the backward a float32
+indicator of ``grad_out`` and a float32 count per call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import torch
+
+from .engine import Sink, Tile, run_backward as engine_backward, run_forward as engine_forward
+from .engine import volume_grad, volume_index, workspace_elements
+from .geometry import Geometry
+from .planner import Plan
+
+#: The 0/1 classes of a value that decide the IEEE class of a product.
+_CLASSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "nonfinite": lambda x: ~torch.isfinite(x),
+    "zero": lambda x: x == 0,
+    "pinf": lambda x: (x == math.inf) | torch.isnan(x),
+    "ninf": lambda x: (x == -math.inf) | torch.isnan(x),
+    "pos": lambda x: (x > 0) | torch.isnan(x),
+    "neg": lambda x: (x < 0) | torch.isnan(x),
+}
+
+#: (code bit, class pairs whose valid terms set that bit); see the module docstring.
+_KINDS: tuple[tuple[int, tuple[tuple[str, str], ...]], ...] = (
+    (1, (("nonfinite", "zero"), ("zero", "nonfinite"))),
+    (2, (("pinf", "pos"), ("ninf", "neg"), ("pos", "pinf"), ("neg", "ninf"))),
+    (4, (("pinf", "neg"), ("ninf", "pos"), ("pos", "ninf"), ("neg", "pinf"))),
+)
+
+#: Value added to a finite part for each code (bit 1: a NaN term, 2: a +inf term, 4: a -inf term).
+_SPECIAL = (0.0, math.nan, math.inf, math.nan, -math.inf, math.nan, math.nan, math.nan)
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True when no tensor holds a NaN or an Inf.
+
+    From each tensor's min and max (NaN propagates to both, an Inf is one of
+    them): one pass and no temporary of the tensor's size, one host sync in all.
+    """
+    extremes = [torch.stack(torch.aminmax(t)) for t in tensors if t.numel()]
+    return not extremes or bool(torch.isfinite(torch.cat(extremes)).all())
+
+
+class _Indicators:
+    """The 0/1 class maps of one tensor (float32, built on demand) and which classes occur."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+        self._present: dict[str, bool] = {}
+
+    def present(self, name: str) -> bool:
+        if name not in self._present:
+            self._present[name] = bool(_CLASSES[name](self.x).any())
+        return self._present[name]
+
+    def map(self, name: str) -> torch.Tensor:
+        return _CLASSES[name](self.x).to(torch.float32)
+
+
+def _live_pairs(left: _Indicators, right: _Indicators, pairs) -> list[tuple[str, str]]:
+    """The pairs whose two classes both occur (the others count nothing)."""
+    return [(a, b) for a, b in pairs if left.present(a) and right.present(b)]
+
+
+def _zeroed(x: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _apply(values: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """``values`` with each coded entry replaced by ``values + _SPECIAL[code]`` (IEEE addition)."""
+    table = torch.tensor(_SPECIAL, dtype=values.dtype, device=values.device)
+    return torch.where(code == 0, values, values + table[code.long()])
+
+
+class _MarkSink:
+    """Sets ``bit`` in ``code`` wherever a band of indicator sums is positive."""
+
+    def __init__(self, geometry: Geometry, code: torch.Tensor, bit: int) -> None:
+        self.geometry, self.code, self.bit = geometry, code, bit
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        self.code[volume_index(self.geometry, tile)].bitwise_or_((band > 0).to(torch.uint8) * self.bit)
+
+
+class _PatchSink:
+    """Adds the IEEE class of each sum to the finite part's band, then passes it on."""
+
+    def __init__(self, geometry: Geometry, code: torch.Tensor, sink: Sink) -> None:
+        self.geometry, self.code, self.sink = geometry, code, sink
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        code = self.code[volume_index(self.geometry, tile)]
+        if code.any():
+            band = _apply(band, code)
+        self.sink.consume(tile, band)
+
+
+def _stack_size(plan: Plan, count: int) -> int:
+    """How many indicator pairs one engine call can stack along channels within the budget.
+
+    Correlations of pairs stacked along channels add up, and only "> 0" is
+    used, so ``n`` pairs cost one call with ``n*C`` channels: its workspace
+    (same tiling) plus its two float32 indicator maps must fit ``plan.budget_bytes``.
+    """
+    g = plan.geometry
+    map_elements = g.batch * g.channels * math.prod(g.in_size)
+    for n in range(count, 1, -1):
+        stacked = dataclasses.replace(g, channels=n * g.channels)
+        workspace = sum(workspace_elements(stacked, plan.tiling, backward=False).values())
+        if 4 * (workspace + 2 * n * map_elements) <= plan.budget_bytes:
+            return n
+    return 1
+
+
+def run_forward(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, sink: Sink, *, scale: float = 1.0) -> None:
+    """:func:`tiledcorr.engine.run_forward` for inputs that may hold NaN or Inf.
+
+    Hands ``sink`` the same bands ``(Bt, *J, *U)`` the engine would for finite
+    inputs, with each sum's IEEE value over its valid terms only.
+
+    Args:
+        x1, x2: inputs of shape ``(B, C, *in_size)``.
+        plan: the plan (geometry, tiling; its budget bounds the channel stacking).
+        sink: receives each band in the compute dtype.
+        scale: multiplies every output value (positive).
+    """
+    g = plan.geometry
+    left, right = _Indicators(x1), _Indicators(x2)
+    code = torch.zeros(g.out_shape, dtype=torch.uint8, device=x1.device)
+    for bit, pairs in _KINDS:
+        live = _live_pairs(left, right, pairs)
+        n = _stack_size(plan, len(live))
+        for i in range(0, len(live), n):
+            chunk = live[i : i + n]
+            a = torch.cat([left.map(c1) for c1, _ in chunk], dim=1)
+            b = torch.cat([right.map(c2) for _, c2 in chunk], dim=1)
+            stacked = dataclasses.replace(g, channels=a.shape[1])
+            engine_forward(a, b, stacked, plan.tiling, _MarkSink(g, code, bit))
+    engine_forward(_zeroed(x1), _zeroed(x2), g, plan.tiling, _PatchSink(g, code, sink), scale=scale)
+
+
+def run_backward(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    plan: Plan,
+    grad1: torch.Tensor | None,
+    grad2: torch.Tensor | None,
+    grad_out: torch.Tensor,
+    *,
+    scale: float = 1.0,
+) -> None:
+    """:func:`tiledcorr.engine.run_backward` of a stored volume for values that may be NaN or Inf.
+
+    ``grad1 = scale * sum grad_out * x2`` and ``grad2 = scale * sum grad_out * x1``
+    over the valid terms, each entry with its IEEE value.
+
+    Args:
+        x1, x2: inputs of shape ``(B, C, *in_size)``.
+        plan: the plan (geometry and tiling).
+        grad1, grad2: zero-initialised accumulators ``(B, C, *in_size)`` in the
+            compute dtype, or ``None``.
+        grad_out: gradient of the cost volume, ``(B, *patch, *out_size)``.
+        scale: the forward's scale (positive).
+    """
+    g = plan.geometry
+    engine_backward(
+        _zeroed(x1), _zeroed(x2), g, plan.tiling, grad1, grad2, volume_grad(_zeroed(grad_out)), scale=scale,
+    )
+    upstream = _Indicators(grad_out)
+    for grad, partner, first in ((grad1, x2, True), (grad2, x1, False)):
+        if grad is None:
+            continue
+        partners = _Indicators(partner)
+        code = torch.zeros(grad.shape, dtype=torch.uint8, device=grad.device)
+        for bit, pairs in _KINDS:
+            for a, b in _live_pairs(upstream, partners, pairs):
+                ones = partners.map(b)
+                count = torch.zeros(grad.shape, dtype=torch.float32, device=grad.device)
+                engine_backward(
+                    ones, ones, g, plan.tiling, count if first else None, None if first else count,
+                    volume_grad(upstream.map(a)),
+                )
+                code.bitwise_or_((count > 0).to(torch.uint8) * bit)
+        grad.copy_(_apply(grad, code))
