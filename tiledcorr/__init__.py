@@ -11,11 +11,13 @@ from .errors import (
     TiledCorrError,
 )
 from .planner import Plan, plan
+from .reduce import CorrelationReduce, TopK, correlate_reduce
 from .volume import SpatialCorrelation, correlate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CorrelationReduce", "TopK", "correlate_reduce",
     "Correlation", "CorrTorch", "FlowNetCorrelation", "SpatialCorrelationSampler", "corr_torch", "flownet_correlation",
     "spatial_correlation_sample",
     "ArgumentTypeError", "ArgumentValueError", "DeviceError", "MemoryBudgetError", "Plan", "ShapeError",

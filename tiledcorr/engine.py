@@ -113,8 +113,18 @@ def _lattice_slices(in_size, starts, steps, counts) -> tuple[list[slice], list[s
     return src, dst
 
 
-def _covers(dst: list[slice], counts) -> bool:
-    return all(s.start == 0 and s.stop == c for s, c in zip(dst, counts))
+def _zero_margins(buffer: torch.Tensor, inside: list[slice]) -> None:
+    """Zero the parts of ``buffer`` (``(Bt, C, *counts)``) outside the ``inside`` box.
+
+    Only the margins are written: zeroing the whole buffer at every border
+    tile cost as much as the copy itself.
+    """
+    for d, s in enumerate(inside):
+        for margin in (slice(0, s.start), slice(s.stop, buffer.shape[2 + d])):
+            if margin.stop > margin.start:
+                index = [slice(None)] * buffer.dim()
+                index[2 + d] = margin
+                buffer[tuple(index)].zero_()
 
 
 def gather(source: torch.Tensor, buffer: torch.Tensor, tile: Tile, starts, steps, counts) -> None:
@@ -129,8 +139,7 @@ def gather(source: torch.Tensor, buffer: torch.Tensor, tile: Tile, starts, steps
         buffer.zero_()
         return
     src, dst = found
-    if not _covers(dst, counts):
-        buffer.zero_()
+    _zero_margins(buffer, dst)
     buffer[(slice(None), slice(None), *dst)].copy_(source[(slice(tile.b0, tile.b1), slice(None), *src)])
 
 
@@ -365,8 +374,9 @@ class Shift:
     @staticmethod
     def buffers(geometry: Geometry, tiling: Tiling, backward: bool) -> dict[str, int]:
         Bt, K, T, R, J = _tile_dims(geometry, tiling)
-        sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "band": Bt * J * T}
-        sizes["prod" if not backward else "g1"] = Bt * K * T
+        # The backward accumulates g1 in "prod": a fused reduction's backward
+        # recomputes the band (forward, using "prod") before g1 is written.
+        sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "band": Bt * J * T, "prod": Bt * K * T}
         if backward:
             sizes["g2"] = Bt * K * R
         return sizes
@@ -396,7 +406,7 @@ class Shift:
         band = band.view(tile.batch, 1, 1, J, *tile.positions)
         x1 = ctx.gather_x1(tile) if grad2 is not None else None
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
-        g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions).zero_() if grad1 is not None else None
+        g1 = ctx.ws.view("prod", tile.batch, len(ctx.offsets), g.channels, *tile.positions).zero_() if grad1 is not None else None
         g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_() if grad2 is not None else None
         for k, jj in enumerate(itertools.product(*(range(j) for j in tile.displacements))):
             weight = band[:, :, :, k]

@@ -48,6 +48,28 @@ DEVICE_MODELS = {
 
 
 @dataclass(frozen=True)
+class SinkCost:
+    """Bytes a sink holds per tile besides the engine's workspace (a fused reduction's temporaries).
+
+    For a tile of ``Bt`` batch items, ``T`` positions and ``J`` displacements,
+    the forward holds ``band * Bt*J*T + position * Bt*T`` bytes, and the
+    backward ``backward_band * Bt*J*T + backward_position * Bt*T`` while it
+    computes a band's gradient. Zero for the stored cost volume.
+    """
+
+    band: int = 0
+    position: int = 0
+    backward_band: int = 0
+    backward_position: int = 0
+
+    def bytes(self, band_elements, position_elements, *, backward: bool):
+        """The bytes for ``band_elements = Bt*J*T`` and ``position_elements = Bt*T`` (ints or arrays)."""
+        if backward:
+            return self.backward_band * band_elements + self.backward_position * position_elements
+        return self.band * band_elements + self.position * position_elements
+
+
+@dataclass(frozen=True)
 class Plan:
     """An immutable execution plan for one correlation problem.
 
@@ -64,6 +86,8 @@ class Plan:
         predicted_seconds: the cost model's estimate (forward; plus backward
             when planned with ``requires_grad``), only meaningful relative to others.
         requires_grad: whether the backward had to fit the budget too.
+        sink_cost: the per-tile temporaries of a fused reduction, included in
+            both workspace figures (zero for the stored cost volume).
     """
 
     geometry: Geometry
@@ -77,6 +101,7 @@ class Plan:
     naive_bytes: int
     predicted_seconds: float
     requires_grad: bool
+    sink_cost: SinkCost = SinkCost()
     compute_dtype: torch.dtype = field(init=False)
 
     def __post_init__(self) -> None:
@@ -180,10 +205,8 @@ def make_geometry(
     kernel_size, patch_size, stride, padding, dilation, dilation_patch,
 ) -> Geometry:
     """Validate shapes and parameters and build the :class:`Geometry`."""
-    shape1 = tuple(input1_shape)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape1) or len(shape1) not in (4, 5):
-        raise ShapeError(f"input1_shape must be (B, C, H, W) or (B, C, D, H, W) of non-negative ints, got {input1_shape!r}")
-    if input2_shape is not None and tuple(input2_shape) != shape1:
+    shape1 = checks.check_shape("input1_shape", input1_shape)
+    if input2_shape is not None and checks.check_shape("input2_shape", input2_shape) != shape1:
         raise ShapeError(f"input1 and input2 must have the same shape, got {shape1} and {tuple(input2_shape)}")
     n = len(shape1) - 2
     return Geometry(
@@ -242,15 +265,20 @@ def plan_geometry(
     memory_budget: Any = None,
     requires_grad: bool = False,
     strategy: str | None = None,
+    sink_cost: SinkCost | None = None,
 ) -> Plan:
-    """:func:`plan` for an already validated :class:`Geometry` (used by the shims)."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ArgumentValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    device = torch.device(device)
+    """:func:`plan` for an already validated :class:`Geometry` (used by the shims).
+
+    ``sink_cost``: a fused reduction's per-tile temporaries, counted against
+    the budget (:mod:`tiledcorr.reduce`).
+    """
+    dtype = checks.check_dtype("dtype", dtype)
+    device = checks.check_device("device", device)
+    requires_grad = checks.check_bool("requires_grad", requires_grad)
     budget = _quantized_budget(memory_budget, device)
     if strategy is not None and strategy not in STRATEGIES:
         raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
-    return _cached_plan(geometry, dtype, device.type, budget, bool(requires_grad), strategy)
+    return _cached_plan(geometry, dtype, device.type, budget, bool(requires_grad), strategy, sink_cost or SinkCost())
 
 
 def _quantized_budget(memory_budget: Any, device: torch.device) -> int:
@@ -266,13 +294,18 @@ def _quantized_budget(memory_budget: Any, device: torch.device) -> int:
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_plan(geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool, strategy: str | None) -> Plan:
+def _cached_plan(
+    geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool, strategy: str | None,
+    sink_cost: SinkCost = SinkCost(),
+) -> Plan:
     model = DEVICE_MODELS.get(device_type, DEVICE_MODELS["cpu"])
     elem = torch.empty((), dtype=compute_dtype(dtype)).element_size()
     out_elem = torch.empty((), dtype=dtype).element_size()
     cands = _candidates(geometry, elem, model, strategy)
     grads = _accumulator_bytes(geometry, dtype)
-    fwd_bytes, bwd_bytes = cands["fwd_bytes"], cands["bwd_bytes"] + grads
+    band, positions = cands["band_elements"], cands["position_elements"]
+    fwd_sink, bwd_sink = sink_cost.bytes(band, positions, backward=False), sink_cost.bytes(band, positions, backward=True)
+    fwd_bytes, bwd_bytes = cands["fwd_bytes"] + fwd_sink, cands["bwd_bytes"] + grads + bwd_sink
     need = np.maximum(fwd_bytes, bwd_bytes) if requires_grad else fwd_bytes
     seconds = cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0)
     fits = need <= budget
@@ -291,10 +324,10 @@ def _cached_plan(geometry: Geometry, dtype: torch.dtype, device_type: str, budge
     naive = geometry.batch * geometry.channels * geometry.kernel_volume * geometry.num_displacements * geometry.num_positions * out_elem
     return Plan(
         geometry=geometry, dtype=dtype, device_type=device_type, tiling=tiling, budget_bytes=budget,
-        forward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=False),
-        backward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=True) + grads,
+        forward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=False) + int(fwd_sink[choice]),
+        backward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=True) + grads + int(bwd_sink[choice]),
         output_bytes=math.prod(geometry.out_shape) * out_elem, naive_bytes=naive,
-        predicted_seconds=float(seconds[choice]), requires_grad=requires_grad,
+        predicted_seconds=float(seconds[choice]), requires_grad=requires_grad, sink_cost=sink_cost,
     )
 
 
@@ -339,7 +372,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     m = np.array([geometry.lattice(d).region_step for d in range(N)], dtype=np.float64)
     E = (U - 1) * m + J
     T, R, Jp = U.prod(1), E.prod(1), J.prod(1)
-    K = float(geometry.kernel_volume * geometry.channels)
+    K = float(max(1, geometry.kernel_volume * geometry.channels))  # C = 0: empty sums, no work
     kvol = geometry.kernel_volume
 
     blocks = np.ones(len(grid))
@@ -373,7 +406,8 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
         row = grid[i]
         return Tiling(strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))
 
-    return {"tiling": tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem, "fwd_s": fwd_s, "bwd_s": bwd_s}
+    return {"tiling": tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem, "fwd_s": fwd_s, "bwd_s": bwd_s,
+            "band_elements": Bt * Jp * T, "position_elements": Bt * T}
 
 
 def check_output_fits(plan_: Plan, device: torch.device) -> None:
@@ -393,6 +427,6 @@ def smaller_plan(plan_: Plan) -> Plan | None:
     if target < 1:
         return None
     try:
-        return _cached_plan(plan_.geometry, plan_.dtype, plan_.device_type, target, plan_.requires_grad, None)
+        return _cached_plan(plan_.geometry, plan_.dtype, plan_.device_type, target, plan_.requires_grad, None, plan_.sink_cost)
     except MemoryBudgetError:
         return None

@@ -12,7 +12,7 @@ from . import checks
 from .autograd import CorrelationFunction
 from .errors import ArgumentTypeError, ArgumentValueError
 from .geometry import Geometry
-from .planner import Plan, check_output_fits, make_geometry, plan_geometry
+from .planner import Plan, SinkCost, check_output_fits, make_geometry, plan_geometry
 from .typing import BudgetLike, IntOrTuple, Normalize
 
 NORMALIZATIONS = (None, "channels", "kernel_channels", "sqrt_channels")
@@ -38,30 +38,43 @@ def normalization_scale(normalize: Normalize, channels: int, kernel_volume: int)
 
 
 def prepare_inputs(input1: Any, input2: Any, *, spatial_dims=(2, 3)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate the two inputs and apply autocast (correlation runs in autocast's dtype, as matmul)."""
+    """Validate the two inputs and apply autocast (correlation runs in autocast's dtype, as matmul).
+
+    As for matmul, float64 inputs are left in float64 inside an autocast region.
+    """
     checks.check_inputs(input1, input2, spatial_dims=spatial_dims)
     device_type = input1.device.type
-    if torch.is_autocast_enabled(device_type):
+    if torch.is_autocast_enabled(device_type) and input1.dtype != torch.float64:
         low = torch.get_autocast_dtype(device_type)
         input1, input2 = input1.to(low), input2.to(low)
     return input1, input2
 
 
-def resolve_plan(geometry: Geometry, input1: torch.Tensor, input2: torch.Tensor, memory_budget: BudgetLike, plan: Plan | None) -> Plan:
+def resolve_plan(
+    geometry: Geometry, input1: torch.Tensor, input2: torch.Tensor, memory_budget: BudgetLike, plan: Plan | None,
+    sink_cost: SinkCost | None = None,
+) -> Plan:
     """Plan for ``geometry`` under ``memory_budget``, or check that a given ``plan`` fits it.
 
     Shared by every entry point that runs the engine (the cost volume, the
-    fused reductions, the drop-in shims).
+    fused reductions, the drop-in shims). ``sink_cost``: a fused reduction's
+    per-tile temporaries, counted against the budget.
     """
     if plan is None:
         requires_grad = torch.is_grad_enabled() and (input1.requires_grad or input2.requires_grad)
-        return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=memory_budget, requires_grad=requires_grad)
+        return plan_geometry(
+            geometry, dtype=input1.dtype, device=input1.device, memory_budget=memory_budget, requires_grad=requires_grad,
+            sink_cost=sink_cost,
+        )
     if not isinstance(plan, Plan):
         raise ArgumentTypeError(f"plan must be a tiledcorr.Plan from tiledcorr.plan(), got {type(plan).__name__}")
     plan.check_fits(geometry, input1.dtype, input1.device)
     return plan
 
 
+# Planning reads free memory and caches plans in Python: the compiler runs the whole call eagerly
+# (one graph break per call) rather than breaking at each of those steps.
+@torch.compiler.disable
 def correlate(
     input1: torch.Tensor,
     input2: torch.Tensor,
@@ -120,9 +133,16 @@ def correlate(
         >>> x1, x2 = torch.randn(2, 64, 48, 64), torch.randn(2, 64, 48, 64)
         >>> correlate(x1, x2, patch_size=9, memory_budget="64MiB").shape
         torch.Size([2, 9, 9, 48, 64])
+
+        Volumes, as the 3-D pure-PyTorch ports compute them (input2 padded by
+        the maximum displacement md = 2, kernel 1, mean over channels; the
+        implicit zero padding replaces theirs, so ``padding`` stays 0):
+
+        >>> v1, v2 = torch.randn(1, 16, 8, 12, 12), torch.randn(1, 16, 8, 12, 12)
+        >>> correlate(v1, v2, patch_size=5, normalize="channels", flatten=True).shape
+        torch.Size([1, 125, 8, 12, 12])
     """
-    if not isinstance(flatten, bool):
-        raise ArgumentTypeError(f"flatten must be a bool, got {flatten!r}")
+    checks.check_bool("flatten", flatten)
     input1, input2 = prepare_inputs(input1, input2)
     geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     plan = resolve_plan(geometry, input1, input2, memory_budget, plan)

@@ -1,0 +1,650 @@
+"""Fused reductions over displacements: the max, argmax, soft-argmax or top-k of a cost volume, never stored.
+
+:func:`correlate_reduce` runs the same plan as :func:`tiledcorr.correlate`,
+but each tile's band of the volume, shape ``(Bt, *J, *U)`` (``J``
+displacements of the tile per patch dimension, ``U`` output positions per
+spatial dimension), goes to a *sink* that folds it into a running result of
+size ``(B, *out_size)`` per statistic and lets it go. The volume, of size
+``B * prod(patch) * prod(out_size)``, never exists; memory is the inputs, the
+results, the plan's workspace and the sink's per-tile temporaries, which the
+planner counts against the budget (:class:`tiledcorr.planner.SinkCost`).
+
+Displacement indices are the flat, row-major index over ``patch_size``
+(dy-major in 2-D), exactly as ``volume.flatten(1, N)``; ties go to the lowest
+index, as ``torch.argmax`` over that flattened volume. A displacement in
+pixels is ``(j - (P-1)//2) * dilation_patch`` per dimension, components in the
+order of the spatial dimensions: ``(dy, dx)``, or ``(dz, dy, dx)`` for volumes.
+
+Gradients: "max" and "topk" send each value's gradient to the displacement it
+was selected from (no recomputation needed); "softargmax" recomputes each
+tile's band in the backward and uses the softmax statistics (running max and
+normaliser) saved by the forward. Both use :func:`tiledcorr.engine.run_backward`
+with their own gradient source, so the backward holds one tile too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from . import checks
+from .autograd import backward_inputs, with_oom_retry
+from .engine import Tile, compute_dtype, iter_tiles, run_forward
+from .errors import ArgumentTypeError, ArgumentValueError
+from .geometry import Geometry, output_slice
+from .planner import Plan, SinkCost, make_geometry
+from .typing import BudgetLike, IntOrTuple, Normalize
+from .volume import _repr_args, normalization_scale, prepare_inputs, resolve_plan
+
+#: The valid ``reduction`` names.
+REDUCTIONS = ("max", "argmax", "softargmax", "topk")
+
+_INDEX_BYTES = 8  # int64 displacement indices
+_BOOL_BYTES = 1
+
+
+class TopK(NamedTuple):
+    """Result of ``reduction="topk"``.
+
+    Attributes:
+        values: ``(B, k, *out_size)``, the ``k`` largest correlation values per
+            position, descending; differentiable.
+        displacements: ``(B, k, N, *out_size)`` int64, the displacement in
+            pixels of each value (``N`` = 2: ``(dy, dx)``; 3: ``(dz, dy, dx)``).
+    """
+
+    values: torch.Tensor
+    displacements: torch.Tensor
+
+
+# --------------------------------------------------------------------------- indices
+
+
+def _flat_strides(patch: tuple[int, ...]) -> list[int]:
+    """Row-major strides of the flat displacement index over ``patch``."""
+    return [math.prod(patch[d + 1 :]) for d in range(len(patch))]
+
+
+def _tile_indices(geometry: Geometry, tile: Tile, device: torch.device) -> torch.Tensor:
+    """Flat global displacement index of each of the tile's ``J`` displacements, ``(prod(J),)``.
+
+    The tile's displacements are a rectangular block of the patch in row-major
+    order, so the map is increasing: the first maximum within a tile is the
+    one with the lowest global index.
+    """
+    index = torch.zeros((), dtype=torch.long, device=device)
+    for d, span in enumerate(tile.spans):
+        local = torch.arange(span.disp_start, span.disp_start + span.disp_count, device=device)
+        index = index.unsqueeze(-1) * geometry.patch[d] + local
+    return index.reshape(-1)
+
+
+def _cached_tile_indices(cache: dict, geometry: Geometry, tile: Tile, device: torch.device) -> torch.Tensor:
+    """:func:`_tile_indices`, computed once per displacement block (many tiles share one)."""
+    key = tuple((s.disp_start, s.disp_count) for s in tile.spans)
+    if key not in cache:
+        cache[key] = _tile_indices(geometry, tile, device)
+    return cache[key]
+
+
+def _shift_table(geometry: Geometry, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(prod(patch), N)``: the displacement in pixels of each flat index."""
+    axes = [torch.tensor(geometry.shifts(d), dtype=dtype, device=device) for d in range(geometry.ndim)]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grids], dim=1)
+
+
+def index_to_displacement(geometry: Geometry, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """Flat displacement indices -> displacements in pixels, stacked at ``dim``.
+
+    Args:
+        geometry: the correlation's geometry.
+        index: int64 tensor of any shape ``S``.
+        dim: where the component axis goes in the result.
+
+    Returns:
+        int64 tensor of shape ``S`` with an axis of size ``N`` inserted at ``dim``.
+    """
+    strides = _flat_strides(geometry.patch)
+    shape = list(index.shape)
+    shape.insert(dim, geometry.ndim)
+    out = torch.empty(shape, dtype=torch.long, device=index.device)
+    for d in range(geometry.ndim):  # in place in the result: no temporaries of its size
+        part = torch.div(index, strides[d], rounding_mode="floor", out=out.select(dim, d))
+        part.remainder_(geometry.patch[d]).sub_(geometry.radius[d]).mul_(geometry.dilation_patch[d])
+    return out
+
+
+def _positions(geometry: Geometry, tile: Tile, *lead: slice) -> tuple[slice, ...]:
+    """Index of the tile's block in a ``(B, *lead, *out_size)`` tensor."""
+    pos = tuple(output_slice(geometry, d, s) for d, s in enumerate(tile.spans))
+    return (slice(tile.b0, tile.b1), *lead, *pos)
+
+
+def _tile_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(Bt, *J, *U)`` -> ``(Bt, *U, *J)`` (a permuted view)."""
+    return band.permute(0, *range(1 + ndim, 1 + 2 * ndim), *range(1, 1 + ndim))
+
+
+def _flat_band(band: torch.Tensor, ndim: int, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous copy of the band in tile order, displacements flattened last: ``(Bt, *U, prod(J))``."""
+    ordered = _tile_order(band, ndim)
+    flat = torch.empty(ordered.shape, dtype=dtype, device=band.device)
+    flat.copy_(ordered)
+    return flat.view(*ordered.shape[: 1 + ndim], -1)
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class MaxSink:
+    """Running maximum and its flat displacement index ("max", "argmax").
+
+    State: ``values`` ``(B, *out_size)`` (compute dtype) and ``index``
+    ``(B, *out_size)`` int64.
+    """
+
+    def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
+        self.geometry, self.dtype, self.device = geometry, dtype, device
+        self.values = torch.full((geometry.batch, *geometry.out_size), -math.inf, dtype=dtype, device=device)
+        # An index above every real one: the first band seen always wins a tie.
+        self.index = torch.full(self.values.shape, geometry.num_displacements, dtype=torch.long, device=device)
+        self._tile_index: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def cost(elem: int) -> SinkCost:
+        # forward: the band copy; per position the tile max (elem), its local and global
+        # index, and at most four bool temporaries. backward: as a top-1 selection.
+        return SinkCost(band=elem, position=elem + 2 * _INDEX_BYTES + 4 * _BOOL_BYTES, **_selection_backward_cost(elem, 1))
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        g = self.geometry
+        flat = _flat_band(band, g.ndim, self.dtype)
+        tile_max, local = flat.max(dim=-1)  # the first maximum: the lowest index of the tile
+        del flat
+        index = _cached_tile_indices(self._tile_index, g, tile, self.device)[local]
+        del local
+        best, best_index = self.values[_positions(g, tile)], self.index[_positions(g, tile)]
+        better = tile_max > best
+        better |= (tile_max == best) & (index < best_index)
+        best.copy_(torch.where(better, tile_max, best, out=tile_max))
+        best_index.copy_(torch.where(better, index, best_index, out=index))
+
+    def selection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The maxima and their indices as a top-1 selection, both ``(B, 1, *out_size)``."""
+        return self.values.unsqueeze(1), self.index.unsqueeze(1)
+
+
+class TopKSink:
+    """Running ``k`` largest values per position and their flat displacement indices ("topk").
+
+    State: ``values`` ``(B, k, *out_size)`` (compute dtype), descending, and
+    ``index`` ``(B, k, *out_size)`` int64; equal values are ordered by index.
+    """
+
+    def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, k: int) -> None:
+        self.geometry, self.dtype, self.device, self.k = geometry, dtype, device, k
+        self.values = torch.full((geometry.batch, k, *geometry.out_size), -math.inf, dtype=dtype, device=device)
+        self.index = torch.full(self.values.shape, geometry.num_displacements, dtype=torch.long, device=device)
+        self._tile_index: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def cost(elem: int, k: int) -> SinkCost:
+        # forward: the band copy, the selection key and one bool mask; per position
+        # and kept value, the tile's top values and indices and the 2k merge
+        # candidates (values and int64 indices, in up to three versions).
+        return SinkCost(band=2 * elem + _BOOL_BYTES, position=k * (8 * elem + 12 * _INDEX_BYTES), **_selection_backward_cost(elem, k))
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        g, k = self.geometry, self.k
+        flat = _flat_band(band, g.ndim, self.dtype)  # (Bt, *U, J)
+        local = _top_indices(flat, min(k, flat.shape[-1]))
+        top = flat.gather(-1, local)
+        del flat
+        top_index = _cached_tile_indices(self._tile_index, g, tile, self.device)[local]
+        del local
+        where = _positions(g, tile, slice(None))
+        best, best_index = self.values[where].movedim(1, -1), self.index[where].movedim(1, -1)
+        # Merge the running top-k with the tile's: order the candidates by
+        # index, then stably by value, so equal values go to the lower index.
+        indices = torch.cat([best_index, top_index], dim=-1)
+        by_index = indices.argsort(dim=-1)
+        indices = indices.gather(-1, by_index)
+        values = torch.cat([best, top], dim=-1).gather(-1, by_index)
+        del by_index, top, top_index
+        sorted_values, by_value = values.sort(dim=-1, descending=True, stable=True)
+        best.copy_(sorted_values[..., :k])
+        best_index.copy_(indices.gather(-1, by_value[..., :k]))
+
+    def selection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values and their indices, both ``(B, k, *out_size)``."""
+        return self.values, self.index
+
+
+def _top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest values along the last axis, ties to the lowest index (any order).
+
+    ``torch.topk``'s choice among equal values is unspecified, so it only gives
+    the ``k``-th largest value ``t``; the indices come from a second topk on a
+    key that ranks every value above ``t`` first, then the values equal to
+    ``t`` by increasing index (``-index``), then the rest (``-inf``).
+
+    Args:
+        flat: ``(..., J)``.
+
+    Returns:
+        int64 ``(..., k)``.
+    """
+    J = flat.shape[-1]
+    t = flat.topk(k, dim=-1).values[..., -1:]
+    key = torch.empty_like(flat)
+    key.copy_(torch.arange(0, -J, -1, dtype=flat.dtype, device=flat.device))
+    mask = torch.eq(flat, t)
+    key.masked_fill_(mask.logical_not_(), -math.inf)
+    key.masked_fill_(torch.gt(flat, t, out=mask), J)
+    del mask
+    return key.topk(k, dim=-1).indices
+
+
+class SoftArgmaxSink:
+    """Online softmax over displacements ("softargmax"), as in online-softmax attention.
+
+    With ``w = value / temperature``, keeps per position the running max ``m``,
+    the normaliser ``z = sum exp(w - m)`` and the weighted sums
+    ``s_c = sum exp(w - m) * d_c`` of each displacement component; each band
+    rescales them by ``exp(m_old - m_new)``. The expectation is ``s / z``.
+
+    State: ``m``, ``z`` ``(B, *out_size)`` and ``s`` ``(B, N, *out_size)``, compute dtype.
+    """
+
+    def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, temperature: float) -> None:
+        self.geometry, self.dtype, self.device, self.temperature = geometry, dtype, device, temperature
+        shape = (geometry.batch, *geometry.out_size)
+        self.m = torch.full(shape, -math.inf, dtype=dtype, device=device)
+        self.z = torch.zeros(shape, dtype=dtype, device=device)
+        self.s = torch.zeros((geometry.batch, geometry.ndim, *geometry.out_size), dtype=dtype, device=device)
+        self.shifts = _shift_table(geometry, dtype, device)
+        self._tile_index: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def cost(elem: int, ndim: int) -> SinkCost:
+        # forward: the scaled band, exponentiated in place; per position the tile
+        # max, the new max, the rescaling factor, the tile's z and its N sums.
+        # backward: the recomputed band (turned into probabilities in place) and
+        # the weights; per position g.E and the N products g_c * E_c.
+        return SinkCost(
+            band=elem, position=(4 + ndim) * elem,
+            backward_band=2 * elem, backward_position=(2 + ndim) * elem,
+        )
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        g, N = self.geometry, self.geometry.ndim
+        ordered = _tile_order(band, N)
+        w = torch.empty(ordered.shape, dtype=self.dtype, device=band.device)
+        torch.div(ordered, self.temperature, out=w)
+        w = w.view(*ordered.shape[: 1 + N], -1)
+        m_old = self.m[_positions(g, tile)]
+        m_new = torch.maximum(m_old, w.amax(dim=-1))
+        w.sub_(m_new.unsqueeze(-1)).exp_()
+        alpha = torch.sub(m_old, m_new).exp_()
+        self.z[_positions(g, tile)].mul_(alpha).add_(w.sum(dim=-1))
+        shifts = self.shifts[_cached_tile_indices(self._tile_index, g, tile, self.device)]  # (J, N)
+        s = self.s[_positions(g, tile, slice(None))]
+        s.mul_(alpha.unsqueeze(1)).add_(torch.matmul(w, shifts).movedim(-1, 1))
+        m_old.copy_(m_new)
+
+
+# --------------------------------------------------------------------------- gradient sources
+
+
+def _selection_backward_cost(elem: int, k: int) -> dict[str, int]:
+    """Backward temporaries of :func:`_selection_grad`: the band gradient; per position and
+    selected value, the gradient, the index arithmetic (int64) and the in-block masks."""
+    return {"backward_band": elem, "backward_position": k * (2 * elem + 5 * _INDEX_BYTES + 3 * _BOOL_BYTES)}
+
+
+def _selection_grad(geometry: Geometry, index: torch.Tensor, grad_values: torch.Tensor, dtype: torch.dtype) -> Callable:
+    """Gradient source of selected values: each value's gradient goes to its displacement.
+
+    Args:
+        index: ``(B, k, *out_size)`` flat displacement indices of the selected values.
+        grad_values: ``(B, k, *out_size)``, the gradient of those values.
+        dtype: the compute dtype.
+    """
+    strides = _flat_strides(geometry.patch)
+
+    def source(ctx: Any, tile: Tile) -> torch.Tensor:
+        where = _positions(geometry, tile, slice(None))
+        selected, grad = index[where], grad_values[where].to(dtype)  # (Bt, k, *U)
+        local = torch.zeros_like(selected)
+        inside = torch.ones_like(selected, dtype=torch.bool)
+        for d, span in enumerate(tile.spans):
+            j = selected // strides[d] % geometry.patch[d] - span.disp_start
+            inside &= (j >= 0) & (j < span.disp_count)
+            local.mul_(span.disp_count).add_(j)
+        out = torch.zeros((tile.batch, math.prod(tile.displacements), *tile.positions), dtype=dtype, device=grad.device)
+        # Values selected outside the tile add 0 at local index 0 (masked, so a NaN gradient cannot leak).
+        out.scatter_add_(1, local.masked_fill_(~inside, 0), grad.masked_fill(~inside, 0))
+        return out.view(tile.batch, *tile.displacements, *tile.positions)
+
+    return source
+
+
+def _softargmax_grad(
+    geometry: Geometry, m: torch.Tensor, z: torch.Tensor, expectation: torch.Tensor, grad: torch.Tensor, temperature: float,
+) -> Callable:
+    """Gradient source of the soft-argmax ``E = sum_j p_j d_j``.
+
+    ``dE_c/dv_j = p_j (d_jc - E_c) / T`` with ``p_j = exp(v_j/T - m) / z``
+    from the forward's final ``m`` and ``z``, so the band gradient is
+    ``p_j * sum_c g_c (d_jc - E_c) / T``.
+
+    Args:
+        m, z: ``(B, *out_size)``, the final running max and normaliser.
+        expectation: ``(B, N, *out_size)``, the result ``E``.
+        grad: ``(B, N, *out_size)``, the gradient of ``E``.
+    """
+    N = geometry.ndim
+    dtype = m.dtype
+
+    def source(ctx: Any, tile: Tile) -> torch.Tensor:
+        p = ctx.recompute_band(tile)  # (Bt, *J, *U), a new tensor we may overwrite
+        over_j = (slice(None), *(None,) * N)  # broadcast (Bt, *U) over the J axes
+        p.div_(temperature).sub_(m[_positions(geometry, tile)][over_j]).exp_().div_(z[_positions(geometry, tile)][over_j])
+        g = grad[_positions(geometry, tile, slice(None))].to(dtype)  # (Bt, N, *U)
+        e = expectation[_positions(geometry, tile, slice(None))].to(dtype)
+        weight = torch.empty_like(p)
+        weight.copy_((g * e).sum(dim=1).neg_()[over_j])
+        for c, span in enumerate(tile.spans):
+            shift = torch.tensor(geometry.shifts(c)[span.disp_start : span.disp_start + span.disp_count], dtype=dtype, device=p.device)
+            along_c = [1] * (1 + 2 * N)
+            along_c[1 + c] = span.disp_count
+            weight.addcmul_(shift.view(along_c), g[:, c][over_j])
+        return p.mul_(weight).div_(temperature)
+
+    return source
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[], Any]):
+    """Run the plan into a fresh sink (fresh again on an out-of-memory retry) and return it."""
+    g = plan.geometry
+
+    def attempt(p: Plan):
+        sink = make_sink()
+        if g.channels == 0:
+            # Sums over no channels: the volume is 0 everywhere (the engine needs C > 0).
+            for tile in iter_tiles(g, p.tiling):
+                sink.consume(tile, input1.new_zeros((tile.batch, *tile.displacements, *tile.positions), dtype=sink.dtype))
+        else:
+            run_forward(input1, input2, g, p.tiling, sink, scale=scale)
+        return sink
+
+    return with_oom_retry(plan, attempt)
+
+
+def _make_sink(reduction: str, plan: Plan, device: torch.device, k: int | None, temperature: float) -> Callable[[], Any]:
+    """A factory of fresh sinks of ``reduction`` for ``plan`` (one per attempt of :func:`_run_sink`)."""
+    g, dtype = plan.geometry, plan.compute_dtype
+    if reduction in ("max", "argmax"):
+        return lambda: MaxSink(g, dtype, device)
+    if reduction == "topk":
+        return lambda: TopKSink(g, dtype, device, k)
+    return lambda: SoftArgmaxSink(g, dtype, device, temperature)
+
+
+def sink_cost(reduction: str, k: int | None, ndim: int, dtype: torch.dtype) -> SinkCost:
+    """The per-tile temporaries of a reduction (see :class:`tiledcorr.planner.SinkCost`)."""
+    elem = torch.empty((), dtype=compute_dtype(dtype)).element_size()
+    if reduction in ("max", "argmax"):
+        return MaxSink.cost(elem)
+    if reduction == "topk":
+        return TopKSink.cost(elem, k)
+    return SoftArgmaxSink.cost(elem, ndim)
+
+
+class SelectFunction(torch.autograd.Function):
+    """``(input1, input2, plan, scale, make_sink) -> (values, index)``, both ``(B, k, *out_size)``.
+
+    ``make_sink`` builds a :class:`MaxSink` (``k = 1``) or a :class:`TopKSink`.
+    Differentiable once in both inputs through ``values``; ``index`` (int64) is not.
+    """
+
+    @staticmethod
+    def forward(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable):
+        values, index = _run_sink(input1, input2, plan, scale, make_sink).selection()
+        return values.to(input1.dtype), index
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input1, input2, plan, scale, _ = inputs
+        ctx.save_for_backward(input1, input2, output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros the size of the int64 index
+        ctx.plan, ctx.scale = plan, scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_values: torch.Tensor, _grad_index: Any):
+        input1, input2, index = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[:2]
+        if grad_values is None or not (need1 or need2):
+            return None, None, None, None, None
+        source = _selection_grad(ctx.plan.geometry, index, grad_values, ctx.plan.compute_dtype)
+        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2)
+        return grad1, grad2, None, None, None
+
+
+class SoftArgmaxFunction(torch.autograd.Function):
+    """``(input1, input2, plan, scale, temperature) -> (E, m, z)``.
+
+    ``E`` ``(B, N, *out_size)`` is the soft-argmax, in the input dtype and
+    differentiable once in both inputs; ``m`` and ``z`` ``(B, *out_size)``
+    (compute dtype, not differentiable) are the softmax statistics the
+    backward needs, returned so that autograd saves them.
+    """
+
+    @staticmethod
+    def forward(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, temperature: float):
+        sink = _run_sink(input1, input2, plan, scale, _make_sink("softargmax", plan, input1.device, None, temperature))
+        expectation = sink.s.div_(sink.z.unsqueeze(1))
+        return expectation.to(input1.dtype), sink.m, sink.z
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        input1, input2, plan, scale, temperature = inputs
+        expectation, m, z = output
+        ctx.save_for_backward(input1, input2, expectation, m, z)
+        ctx.mark_non_differentiable(m, z)
+        ctx.set_materialize_grads(False)
+        ctx.plan, ctx.scale, ctx.temperature = plan, scale, temperature
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor, _grad_m: Any, _grad_z: Any):
+        input1, input2, expectation, m, z = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[:2]
+        if grad is None or not (need1 or need2):
+            return None, None, None, None, None
+        source = _softargmax_grad(ctx.plan.geometry, m, z, expectation, grad, ctx.temperature)
+        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2)
+        return grad1, grad2, None, None, None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check_reduction(reduction: Any) -> str:
+    if not isinstance(reduction, str):
+        raise ArgumentTypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ArgumentValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _check_k(k: Any, reduction: str, num_displacements: int) -> int | None:
+    if reduction != "topk":
+        if k is not None:
+            raise ArgumentValueError(f"k is only used by reduction='topk', got k={k!r} with reduction={reduction!r}")
+        return None
+    if k is None:
+        raise ArgumentValueError("reduction='topk' needs k, the number of values to keep per position")
+    k = checks.check_int("k", k, minimum=1)
+    if k > num_displacements:
+        raise ArgumentValueError(f"k must be <= the number of displacements ({num_displacements}), got k={k}")
+    return k
+
+
+def _check_temperature(temperature: Any) -> float:
+    temperature = checks.check_real("temperature", temperature)
+    if temperature <= 0:
+        raise ArgumentValueError(f"temperature must be > 0, got {temperature!r}")
+    return temperature
+
+
+# As correlate(): planning reads free memory and caches plans in Python, so the compiler
+# runs the whole call eagerly (one graph break per call).
+@torch.compiler.disable
+def correlate_reduce(
+    input1: torch.Tensor,
+    input2: torch.Tensor,
+    kernel_size: IntOrTuple = 1,
+    patch_size: IntOrTuple = 1,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    dilation_patch: IntOrTuple = 1,
+    *,
+    reduction: str,
+    k: int | None = None,
+    temperature: float = 1.0,
+    normalize: Normalize = None,
+    memory_budget: BudgetLike = None,
+    plan: Plan | None = None,
+) -> torch.Tensor | TopK:
+    """A reduction over the displacements of :func:`tiledcorr.correlate`, without storing the volume.
+
+    Equals the same reduction of ``v = correlate(...).flatten(1, N)``
+    (``(B, prod(patch), *out_size)``, ``N`` spatial dimensions) wherever that
+    fits in memory, but holds one tile of ``v`` at a time. ``d(j)`` below is
+    the displacement in pixels of flat index ``j``: per dimension
+    ``(j_d - (P_d - 1)//2) * dilation_patch_d``, components ``(dy, dx)``
+    (``(dz, dy, dx)`` for volumes). Ties go to the lowest index ``j``.
+
+    * ``"max"``: ``v.amax(1)``, shape ``(B, *out_size)``; differentiable (the
+      gradient goes to the argmax, as ``v.max(1).values``).
+    * ``"argmax"``: ``d(v.argmax(1))``, shape ``(B, N, *out_size)``, int64.
+    * ``"softargmax"``: ``sum_j softmax(v / temperature, 1)[:, j] * d(j)``,
+      shape ``(B, N, *out_size)``, input dtype, differentiable. Combined across
+      tiles with a running max and normaliser (online softmax): never overflows.
+    * ``"topk"``: :class:`TopK` ``(values (B, k, *out_size), displacements
+      (B, k, N, *out_size) int64)``, values descending as ``v.topk(k, 1)``
+      (ties to the lower index); the values are differentiable.
+
+    Args:
+        input1: tensor of shape ``(B, C, H, W)`` (or ``(B, C, D, H, W)``).
+        input2: tensor of the same shape, dtype and device.
+        kernel_size, patch_size, stride, padding, dilation, dilation_patch:
+            as in :func:`tiledcorr.correlate`.
+        reduction: one of :data:`REDUCTIONS`.
+        k: number of values per position for ``"topk"`` (``1 <= k <= prod(patch)``);
+            must be ``None`` otherwise.
+        temperature: softmax temperature of ``"softargmax"`` (finite, > 0).
+        normalize: scaling of the sums, as in :func:`tiledcorr.correlate`
+            (before the temperature).
+        memory_budget: bound on the temporaries: the engine's workspace plus the
+            reduction's per-tile temporaries (the inputs and the results, of size
+            ``(B, *out_size)`` per statistic, are not counted). Same forms as
+            :func:`tiledcorr.correlate`.
+        plan: a ready :class:`tiledcorr.Plan` for these shapes (overrides
+            ``memory_budget``); its tiling is used as is, and a plan from
+            :func:`tiledcorr.plan` budgets the engine's workspace only.
+
+    Returns:
+        A tensor (``"max"``, ``"argmax"``, ``"softargmax"``) or a :class:`TopK`.
+
+    Raises:
+        ShapeError, ArgumentTypeError, ArgumentValueError, DeviceError: bad input,
+            an unknown ``reduction``, ``k`` out of range, a ``temperature`` <= 0.
+        MemoryBudgetError: no tiling fits ``memory_budget``.
+
+    Example:
+        >>> x1, x2 = torch.randn(1, 32, 40, 40), torch.randn(1, 32, 40, 40)
+        >>> correlate_reduce(x1, x2, patch_size=21, reduction="argmax").shape
+        torch.Size([1, 2, 40, 40])
+        >>> correlate_reduce(x1, x2, patch_size=21, reduction="topk", k=4).displacements.shape
+        torch.Size([1, 4, 2, 40, 40])
+    """
+    reduction = _check_reduction(reduction)
+    temperature = _check_temperature(temperature)
+    input1, input2 = prepare_inputs(input1, input2)
+    geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    k = _check_k(k, reduction, geometry.num_displacements)
+    scale = normalization_scale(normalize, geometry.channels, geometry.kernel_volume)
+    cost = sink_cost(reduction, k, geometry.ndim, input1.dtype)
+    # argmax has no gradient: plan (and run) the forward only.
+    grad_mode = torch.no_grad() if reduction == "argmax" else contextlib.nullcontext()
+    with grad_mode, torch.autocast(input1.device.type, enabled=False):
+        plan = resolve_plan(geometry, input1, input2, memory_budget, plan, sink_cost=cost)
+        if reduction == "softargmax":
+            return SoftArgmaxFunction.apply(input1, input2, plan, scale, temperature)[0]
+        values, index = SelectFunction.apply(input1, input2, plan, scale, _make_sink(reduction, plan, input1.device, k, temperature))
+    if reduction == "max":
+        return values.squeeze(1)
+    if reduction == "argmax":
+        return index_to_displacement(geometry, index.squeeze(1), dim=1)
+    return TopK(values, index_to_displacement(geometry, index, dim=2))
+
+
+class CorrelationReduce(nn.Module):
+    """Module twin of :func:`correlate_reduce`; see the function for the arguments.
+
+    Shape:
+        - input1, input2: ``(B, C, H, W)`` (or ``(B, C, D, H, W)``)
+        - output: ``"max"``: ``(B, *out)``; ``"argmax"``, ``"softargmax"``:
+          ``(B, N, *out)``; ``"topk"``: :class:`TopK` of ``(B, k, *out)`` and
+          ``(B, k, N, *out)``
+
+    Example:
+        >>> layer = CorrelationReduce(patch_size=9, reduction="softargmax", temperature=0.1, normalize="channels")
+        >>> layer(torch.randn(1, 32, 19, 34), torch.randn(1, 32, 19, 34)).shape
+        torch.Size([1, 2, 19, 34])
+    """
+
+    _ARGS = (
+        "kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch", "reduction", "k",
+        "temperature", "normalize", "memory_budget",
+    )
+    _DEFAULTS = dict(
+        kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1, k=None, temperature=1.0,
+        normalize=None, memory_budget=None,
+    )
+
+    def __init__(
+        self, kernel_size: IntOrTuple = 1, patch_size: IntOrTuple = 1, stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0, dilation: IntOrTuple = 1, dilation_patch: IntOrTuple = 1, *,
+        reduction: str, k: int | None = None, temperature: float = 1.0, normalize: Normalize = None,
+        memory_budget: BudgetLike = None,
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.patch_size, self.stride = kernel_size, patch_size, stride
+        self.padding, self.dilation, self.dilation_patch = padding, dilation, dilation_patch
+        self.reduction, self.k, self.temperature = _check_reduction(reduction), k, _check_temperature(temperature)
+        self.normalize, self.memory_budget = normalize, memory_budget
+
+    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor | TopK:
+        return correlate_reduce(
+            input1, input2, self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
+            self.dilation_patch, reduction=self.reduction, k=self.k, temperature=self.temperature,
+            normalize=self.normalize, memory_budget=self.memory_budget,
+        )
+
+    def extra_repr(self) -> str:
+        return _repr_args(self, self._ARGS, self._DEFAULTS)
