@@ -1,0 +1,265 @@
+"""The ``tiledcorr`` command on tiny problems: exit codes, key lines, JSON keys, figures."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tiledcorr
+from tiledcorr import cli, profile
+from tiledcorr.demo import DemoConfig, color_wheel, flow_to_color, run_demo
+from tiledcorr.machine import describe_machine
+from tiledcorr.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = ["--shape", "1,2,8,8", "--patch-size", "3"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _assert_png(path: Path) -> None:
+    """A PNG file with a plausible size, readable as an image."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    assert width > 300 and height > 200
+    image = pytest.importorskip("matplotlib.image").imread(path)
+    assert image.shape[:2] == (height, width)
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def test_argument_types():
+    assert cli.int_or_pair("3") == 3 and cli.int_or_pair("3,5") == (3, 5)
+    assert cli.shape("4,128,96,96") == (4, 128, 96, 96)
+    assert cli.budget("1GiB") == "1GiB" and cli.budget("0.25") == 0.25 and cli.budget("1.5GiB") == "1.5GiB"
+    assert cli.budget_list("64MiB, 1GiB") == ["64MiB", "1GiB"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plan", "--shape", "1,2,8", "--patch-size", "3"], "B,C,H,W"),
+    (["plan", "--shape", "1,2,8,8", "--patch-size", "three"], "comma-separated ints"),
+    (["plan", "--patch-size", "3"], "--shape"),
+])
+def test_malformed_arguments_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_report(capsys):
+    code, out, _ = _run(capsys, "plan", "--shape", "2,3,16,12", "--patch-size", "5,7", "--kernel-size", "3",
+                        "--budget", "64KiB")
+    expected = tiledcorr.plan((2, 3, 16, 12), patch_size=(5, 7), kernel_size=3, memory_budget="64KiB")
+    assert code == 0
+    assert out.strip() == str(expected)
+    for key in ("naive unfold would need", "planned peak workspace", "passes", "chunk grid"):
+        assert key in out
+
+
+def test_plan_json_is_to_dict(capsys):
+    code, out, _ = _run(capsys, "plan", *TINY, "--stride", "2", "--budget", "1MiB", "--backward", "--dtype", "float16", "--json")
+    data = json.loads(out)
+    expected = tiledcorr.plan((1, 2, 8, 8), patch_size=3, stride=2, memory_budget="1MiB", requires_grad=True,
+                              dtype=torch.float16).to_dict()
+    assert code == 0 and data == json.loads(json.dumps(expected))
+    assert {"output_shape", "forward_workspace_bytes", "backward_workspace_bytes", "naive_bytes", "passes"} <= set(data)
+    assert data["dtype"] == "float16" and data["stride"] == [2, 2]
+
+
+def test_plan_budget_too_small_exits_1(capsys):
+    code, _, err = _run(capsys, "plan", *TINY, "--budget", "8")
+    assert code == 1 and "too small" in err and "memory_budget" in err
+
+
+def test_plan_cuda_without_budget_explains(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = _run(capsys, "plan", *TINY, "--device", "cuda")
+    assert code == 1 and "--budget" in err
+
+
+def test_python_dash_m_plan():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "tiledcorr", "plan", *TINY, "--budget", "1MiB", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["output_shape"] == [1, 3, 3, 8, 8]
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _result_rows(out: str) -> dict[str, str]:
+    """The result table of ``tiledcorr profile``: implementation name -> the rest of its row."""
+    table = out.split("workspace measured", 1)[1]
+    rows = {}
+    for line in table.splitlines()[1:]:
+        for name in ("tiledcorr", "naive unfold"):
+            if line.startswith(f"  {name} "):
+                rows[name] = line[len(name) + 2:].strip()
+    return rows
+
+
+def test_profile_text_with_naive(capsys):
+    code, out, _ = _run(capsys, "profile", *TINY, "--repeat", "2", "--compare", "naive")
+    assert code == 0
+    assert "tiledcorr plan:" in out and "profile: forward, 2 runs after 1 warm-up" in out
+    rows = _result_rows(out)
+    assert list(rows) == ["tiledcorr", "naive unfold"]
+    for row in rows.values():  # median, min - max, peak, measured and predicted workspace
+        assert row.count(" s") == 2 and row.count("B") == 3
+    assert "workspace measured" in out and "predicted" in out
+
+
+def test_profile_json_backward(capsys):
+    code, out, _ = _run(capsys, "profile", "--shape", "2,3,10,9", "--patch-size", "5", "--backward", "--repeat", "2",
+                        "--budget", "1MiB", "--json", "--compare", "naive")
+    data = json.loads(out)
+    assert code == 0 and data["backward"] is True and data["naive_skipped"] is None
+    assert {"cpu", "torch", "torch_threads", "cuda_device"} <= set(data["machine"])
+    tiled, naive = data["results"]
+    assert tiled["name"] == "tiledcorr" and naive["name"] == "naive unfold"
+    assert len(tiled["times_s"]) == 2 and tiled["min_s"] <= tiled["median_s"] <= tiled["max_s"]
+    # returned: the output (2*5*5*10*9 floats) and both input gradients (2 * 2*3*10*9 floats)
+    assert tiled["returned_bytes"] == 4 * (2 * 25 * 90 + 2 * 2 * 3 * 90)
+    assert tiled["measured_workspace_bytes"] == max(0, tiled["peak_bytes"] - tiled["returned_bytes"])
+    assert tiled["predicted_workspace_bytes"] >= data["plan"]["backward_workspace_bytes"]
+    assert naive["predicted_peak_bytes"] > 2 * data["plan"]["naive_bytes"]
+
+
+def test_profile_skips_naive_when_it_does_not_fit(capsys, monkeypatch):
+    monkeypatch.setattr(profile, "NAIVE_FRACTION", 1e-12)
+    code, out, _ = _run(capsys, "profile", *TINY, "--repeat", "1", "--compare", "naive")
+    rows = _result_rows(out)
+    assert code == 0 and list(rows) == ["tiledcorr", "naive unfold"]
+    assert rows["naive unfold"].startswith("skipped: predicted peak") and "free on cpu" in rows["naive unfold"]
+
+
+def test_profile_without_cuda_device_exits_1(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code, _, err = _run(capsys, "profile", *TINY, "--device", "cuda", "--budget", "1MiB")
+    assert code == 1 and "no CUDA device" in err
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def test_sweep_table_and_figure(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    figure = tmp_path / "sweep.png"
+    code, out, _ = _run(capsys, "sweep", "--shape", "1,4,12,12", "--patch-size", "5", "--repeat", "1", "--warmup", "0",
+                        "--budgets", "16,4KiB,1MiB,4MiB", "--plot", str(figure))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("sweep: B=1 C=4 12x12, patch 5, float32 on cpu, forward")
+    assert "workspace predicted" in lines[1] and "peak predicted" in lines[1]
+    by_budget = {line.split()[0]: line for line in lines[2:6]}
+    assert "too small" in by_budget["16"]
+    assert "tile_matmul" in by_budget["4KiB"] or "shift" in by_budget["4KiB"]
+    # 1MiB and 4MiB give the same tiling: measured once.
+    assert "same tiling as 1MiB" in by_budget["4MiB"]
+    assert f"figure: {figure}" in out
+    _assert_png(figure)
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    code, out, err = _run(capsys, "sweep", *TINY, "--budgets", "1MiB", "--plot", str(tmp_path / "s.png"))
+    assert code == 1 and out == "" and "tiledcorr[plot]" in err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_sweep_json(capsys):
+    code, out, _ = _run(capsys, "sweep", *TINY, "--repeat", "1", "--warmup", "0", "--budgets", "1MiB", "--json")
+    data = json.loads(out)
+    assert code == 0 and "machine" in data and len(data["rows"]) == 1
+    row = data["rows"][0]
+    assert row["budget"] == "1MiB" and row["plan"]["budget_bytes"] == 2**20 and row["result"]["peak_bytes"] >= 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_recovers_the_flow(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, out, _ = _run(capsys, "demo", "--out", str(tmp_path), "--size", "48", "--patch-size", "9", "--channels", "16")
+    assert code == 0
+    for key in ("true displacement", "cost volume", "naive unfold would need", "stored volume + argmax",
+                "endpoint error", "figure"):
+        assert key in out
+    within = float(out.split("% within 1 px")[0].rsplit(" ", 1)[1])
+    assert within > 90.0  # a wrong volume (or a flipped sign) gives a few percent
+    fused = next(line for line in out.splitlines() if line.strip().startswith("fused argmax"))
+    assert float(fused.split("same displacement as above at ")[1].split("%")[0]) > 95.0
+    _assert_png(tmp_path / "demo.png")
+
+
+def test_demo_scores_the_truth_against_itself(tmp_path, monkeypatch):
+    """With a perfect displacement estimate the error is the rounding of the true flow only."""
+    import tiledcorr.demo as demo
+
+    config = DemoConfig(size=40, patch_size=9, channels=8)
+    _, _, flow = demo.make_pair(config)
+    exact = demo.ArgmaxMethod("truth", lambda *_args: flow.round()[None], lambda *_args: 0)
+    monkeypatch.setattr(demo, "ARGMAX_METHODS", (exact,))
+    result = run_demo(config, tmp_path)
+    assert result.within_1px == 1.0 and result.mean_epe <= 0.71
+    assert result.flow_magnitude[2] <= config.radius * 1.13
+
+
+def test_flow_colour_wheel():
+    wheel = color_wheel()
+    assert wheel.shape == (55, 3) and wheel.min() >= 0 and wheel.max() <= 1
+    # zero motion is white; full-length motion to the right is red; beyond the maximum, darkened
+    flow = np.array([[[0.0, 0.0, 0.0]], [[0.0, 1.0, 2.0]]])  # (2, 1, 3): dy, dx
+    colors = flow_to_color(flow, max_magnitude=1.0)[0]
+    np.testing.assert_allclose(colors[0], [1, 1, 1])
+    np.testing.assert_allclose(colors[1], [1, 0, 0], atol=0.07)
+    np.testing.assert_allclose(colors[2], 0.75 * colors[1], atol=1e-12)
+    # left is cyan-ish, down (dy > 0) is yellow-ish
+    left, down = flow_to_color(np.array([[[0.0, 1.0]], [[-1.0, 0.0]]]), 1.0)[0]
+    assert left[0] < 0.1 and left[2] > 0.5 and down[0] > 0.9 and down[2] < 0.1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_progress_bar_draws_only_after_its_delay():
+    stream = io.StringIO()
+    bar = Progress(4, "work", stream=stream, delay=3600)
+    for _ in range(4):
+        bar.advance()
+    bar.close()
+    assert stream.getvalue() == ""
+    bar = Progress(4, "work", stream=stream, delay=0)
+    bar.advance(2, label="half")
+    bar.close()
+    assert "2/4" in stream.getvalue() and "half" in stream.getvalue() and stream.getvalue().endswith("\n")
+
+
+def test_describe_machine_is_json():
+    machine = describe_machine()
+    assert machine["torch"] == torch.__version__ and machine["logical_cores"] >= 1
+    assert json.loads(json.dumps(machine)) == machine

@@ -1,0 +1,7 @@
+"""``python -m tiledcorr``: the same as the ``tiledcorr`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,303 @@
+"""The ``tiledcorr`` command: ``plan``, ``profile``, ``sweep`` and ``demo``.
+
+Argument parsing and printing only; the work is done by :mod:`tiledcorr.planner`,
+:mod:`tiledcorr.profile`, :mod:`tiledcorr.plotting` and :mod:`tiledcorr.demo`.
+Every command returns an exit status: 0 on success, 1 when tiledcorr refuses
+the problem (the message says why), 2 for malformed arguments (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .budget import format_bytes
+from .demo import DemoConfig, run_demo
+from .errors import ArgumentValueError, DeviceError, TiledCorrError
+from .machine import describe_machine
+from .planner import plan
+from .plotting import import_pyplot, plot_sweep
+from .profile import PARAM_DEFAULTS, Problem, Result, naive_skip_reason, profile_naive, profile_tiled, runs_per_measurement, sweep
+from .progress import Progress
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def int_or_pair(text: str) -> int | tuple[int, ...]:
+    """``"3"`` -> 3, ``"3,5"`` -> (3, 5) (one value per spatial dimension)."""
+    values = _ints(text, "an int or comma-separated ints such as 3 or 3,5")
+    return values[0] if len(values) == 1 else values
+
+
+def shape(text: str) -> tuple[int, ...]:
+    """``"4,128,96,96"`` -> (4, 128, 96, 96)."""
+    values = _ints(text, "comma-separated ints B,C,H,W such as 4,128,96,96")
+    if len(values) not in (4, 5):
+        raise argparse.ArgumentTypeError(f"expected B,C,H,W (or B,C,D,H,W), got {text!r} with {len(values)} values")
+    return values
+
+
+def at_least(minimum: int):
+    """An argparse type: an int no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = _ints(text, "an int")
+        if len(value) != 1 or value[0] < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
+        return value[0]
+
+    return parse
+
+
+def budget(text: str) -> str | float:
+    """A memory budget: ``"1GiB"``, ``"268435456"``, or a fraction of free memory with a decimal point (``"0.25"``)."""
+    if "." in text:
+        try:
+            value = float(text)
+        except ValueError:
+            return text  # "1.5GiB": a size with units
+        if 0 < value <= 1:
+            return value
+    return text
+
+
+def budget_list(text: str) -> list[str | float]:
+    """``"64MiB,256MiB,1GiB"`` -> one budget each."""
+    budgets = [budget(v.strip()) for v in text.split(",") if v.strip()]
+    if not budgets:
+        raise argparse.ArgumentTypeError(f"expected comma-separated budgets such as 64MiB,1GiB, got {text!r}")
+    return budgets
+
+
+def device(text: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> a torch.device (availability is checked where it runs)."""
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return parsed
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_problem_options(parser: argparse.ArgumentParser, *, budget_default: Any = None) -> None:
+    parser.add_argument("--shape", type=shape, required=True, help="input shape B,C,H,W (both inputs)")
+    for name, default in PARAM_DEFAULTS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int_or_pair, default=default,
+                            help=f"int or h,w (default {default})")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="input dtype (default float32)")
+    parser.add_argument("--device", type=device, default=torch.device("cpu"), help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--budget", type=budget, default=budget_default,
+                        help="workspace budget: 1GiB, 512MiB, bytes, or a fraction such as 0.25 (default: half the free memory)")
+    parser.add_argument("--backward", action="store_true", help="plan/measure the backward too (both input gradients)")
+
+
+def _add_measure_options(parser: argparse.ArgumentParser, *, repeat: int) -> None:
+    parser.add_argument("--repeat", type=at_least(1), default=repeat, help=f"timed runs (default {repeat}); the median is reported")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed runs first (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON (with the machine's description)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tiledcorr`` argument parser with its four subcommands."""
+    parser = argparse.ArgumentParser(prog="tiledcorr", description="Exact spatial correlation within a memory budget: tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,profile,sweep,demo}")
+
+    p = sub.add_parser("plan", help="print the plan for a problem (no tensors are allocated)")
+    _add_problem_options(p)
+    p.add_argument("--json", action="store_true", help="print plan.to_dict() as JSON")
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("profile", help="time the layer and measure its peak memory on random data")
+    _add_problem_options(p)
+    _add_measure_options(p, repeat=5)
+    p.add_argument("--compare", choices=["naive"], help="also measure the naive unfold approach (where it fits)")
+    p.set_defaults(run=cmd_profile)
+
+    p = sub.add_parser("sweep", help="time and peak memory for several budgets (to choose one)")
+    _add_problem_options(p)
+    _add_measure_options(p, repeat=3)
+    p.add_argument("--budgets", type=budget_list, default=budget_list("64MiB,256MiB,1GiB,4GiB"),
+                   help="comma-separated budgets (default 64MiB,256MiB,1GiB,4GiB)")
+    p.add_argument("--plot", type=Path, help="write a figure of time and peak memory against the budget (needs matplotlib)")
+    p.set_defaults(run=cmd_sweep)
+
+    p = sub.add_parser("demo", help="recover a large displacement field (patch 41) from a cost volume")
+    p.add_argument("--out", type=Path, default=Path("tiledcorr-demo"), help="folder for demo.png (default ./tiledcorr-demo)")
+    p.add_argument("--size", type=at_least(24), default=256, help="image height and width (default 256)")
+    p.add_argument("--patch-size", type=at_least(3), default=41, help="displacements per dimension (default 41: radius 20)")
+    p.add_argument("--channels", type=at_least(1), default=32, help="feature channels (default 32)")
+    p.add_argument("--budget", type=budget, default="64MiB", help="workspace budget (default 64MiB)")
+    p.add_argument("--device", type=device, default=torch.device("cpu"), help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the texture and filters (default 0)")
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in PARAM_DEFAULTS}
+
+
+def _available(device: torch.device) -> torch.device:
+    """``device`` if it can compute on this machine."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: no CUDA device is available on this machine")
+    return device
+
+
+def _problem(args: argparse.Namespace) -> Problem:
+    return Problem(shape=args.shape, params=_params(args), dtype=_DTYPES[args.dtype], device=_available(args.device),
+                   backward=args.backward, seed=args.seed)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``tiledcorr plan``: the plan report, or its JSON."""
+    relative = args.budget is None or isinstance(args.budget, float)
+    if args.device.type == "cuda" and not torch.cuda.is_available() and relative:
+        raise ArgumentValueError("planning for cuda on a machine without one needs an absolute --budget such as 8GiB "
+                                 "(the default is a fraction of the device's free memory)")
+    p = plan(args.shape, **_params(args), dtype=_DTYPES[args.dtype], device=args.device,
+             memory_budget=args.budget, requires_grad=args.backward)
+    print(json.dumps(p.to_dict(), indent=2) if args.json else p)
+    return 0
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    gpu = f", {machine['cuda_device']['name']}" if machine["cuda_device"] else ""
+    return (f"{machine['cpu']}, {machine['usable_cores']} cores, torch {machine['torch']} "
+            f"({machine['torch_threads']} threads){gpu}")
+
+
+def _time_range(result: Result) -> str:
+    low, high = result.measurement.spread
+    return f"{low:.3f} - {high:.3f} s"
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """``tiledcorr profile``: median time and measured vs predicted peak memory (and the naive approach's)."""
+    problem = _problem(args)
+    plan_ = problem.plan(args.budget)
+    skip = naive_skip_reason(problem, plan_) if args.compare == "naive" else None
+    naive = args.compare == "naive" and skip is None
+    bar = Progress(runs_per_measurement(args.repeat, args.warmup) * (2 if naive else 1), "tiledcorr")
+    results = [profile_tiled(problem, plan_, repeat=args.repeat, warmup=args.warmup, progress=bar)]
+    if naive:
+        bar.advance(0, label="naive unfold")
+        results.append(profile_naive(problem, plan_, repeat=args.repeat, warmup=args.warmup, progress=bar))
+    bar.close()
+
+    machine = describe_machine()
+    if args.json:
+        print(json.dumps({
+            "machine": machine, "plan": plan_.to_dict(), "backward": problem.backward, "repeat": args.repeat,
+            "warmup": args.warmup, "seed": args.seed, "results": [r.to_dict() for r in results], "naive_skipped": skip,
+        }, indent=2))
+        return 0
+    print(plan_)
+    print()
+    print(f"profile: {'forward + backward' if problem.backward else 'forward'}, {args.repeat} runs after "
+          f"{args.warmup} warm-up, seed {args.seed}; {_machine_line(machine)}")
+    print(f"  {'':14} {'median':>9}  {'min - max':<19} {'peak':>10}  {'workspace measured':>18}  {'predicted':>10}")
+    for r in results:
+        print(f"  {r.name:14} {r.measurement.median:7.3f} s  {_time_range(r):<19} {format_bytes(r.measurement.peak_bytes):>10}  "
+              f"{format_bytes(r.measured_workspace_bytes):>18}  {format_bytes(r.predicted_workspace_bytes):>10}")
+    if skip is not None:
+        print(f"  {'naive unfold':14} skipped: {skip}")
+    returned = "(output + both input gradients)" if problem.backward else "output"
+    print(f"  peak: memory above the inputs during one call; workspace: peak - {returned} "
+          f"({format_bytes(results[0].returned_bytes)})")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``tiledcorr sweep``: a table (and figure) of time and peak memory per budget."""
+    if args.plot is not None:
+        import_pyplot()  # fail before measuring, not after
+    problem = _problem(args)
+    bar = Progress(runs_per_measurement(args.repeat, args.warmup) * len(args.budgets), str(args.budgets[0]))
+    rows = sweep(problem, args.budgets, repeat=args.repeat, warmup=args.warmup, progress=bar)
+    bar.close()
+    title = (f"{problem.describe()}, {'forward + backward' if problem.backward else 'forward'}, "
+             f"median of {args.repeat} runs")
+    if args.json:
+        print(json.dumps({"machine": describe_machine(), "problem": title, "rows": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        print(f"sweep: {title}; {_machine_line(describe_machine())}")
+        print(f"  {'budget':>9}  {'strategy':<12} {'tiles':>7}  {'workspace predicted':>19}  {'measured':>10}  "
+              f"{'peak predicted':>14}  {'measured':>10}  {'median':>9}  min - max")
+        for row in rows:
+            if row.result is None:
+                print(f"  {row.budget:>9}  too small: {row.error}")
+                continue
+            r, p = row.result, row.plan
+            note = f"  (same tiling as {row.same_as}, not rerun)" if row.same_as else ""
+            print(f"  {row.budget:>9}  {p.strategy:<12} {p.passes:>7}  {format_bytes(r.predicted_workspace_bytes):>19}  "
+                  f"{format_bytes(r.measured_workspace_bytes):>10}  {format_bytes(r.predicted_peak_bytes):>14}  "
+                  f"{format_bytes(r.measurement.peak_bytes):>10}  {r.measurement.median:7.3f} s  {_time_range(r)}{note}")
+    if args.plot is not None:
+        path = plot_sweep(rows, title, args.plot)
+        print(f"figure: {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``tiledcorr demo``: the large-displacement example; prints accuracy, time and memory, writes a figure."""
+    import_pyplot()  # fail before computing, not after
+    config = DemoConfig(size=args.size, patch_size=args.patch_size, channels=args.channels,
+                        memory_budget=args.budget, device=str(_available(args.device)), seed=args.seed)
+    r = run_demo(config, args.out)
+    p, g = r.plan, r.plan.geometry
+    low, mean, high = r.flow_magnitude
+    print(f"tiledcorr demo: {config.size}x{config.size} image pair, C={config.channels} features, patch "
+          f"{config.patch_size}x{config.patch_size} (search radius {config.radius} px), budget {config.memory_budget}, {config.device}")
+    print(f"  {'true displacement':24} {low:.1f} - {high:.1f} px (mean {mean:.1f} px)")
+    print(f"  {'cost volume':24} {tuple(g.out_shape)} {format_bytes(p.output_bytes)}; {p.strategy}, {p.passes} tiles, "
+          f"workspace {format_bytes(p.forward_workspace_bytes)} predicted")
+    print(f"  {'naive unfold would need':24} {format_bytes(p.naive_bytes)} for its (B, C, P*P, H*W) tensor")
+    for i, m in enumerate(r.methods):
+        same = f", same displacement as above at {100 * m.agreement:.1f}% of pixels" if i else ""
+        print(f"  {m.name:24} time {m.seconds:.2f} s, peak {format_bytes(m.peak_bytes)} measured, "
+              f"{format_bytes(m.predicted_peak_bytes)} predicted{same}")
+    print(f"  {'endpoint error':24} mean {r.mean_epe:.2f} px, {100 * r.within_1px:.1f}% within 1 px "
+          f"({r.scored_pixels} pixels scored: displacement inside the window, away from the border)")
+    print(f"  {'figure':24} {r.figure}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tiledcorr`` console script and ``python -m tiledcorr``.
+
+    Args:
+        argv: the arguments after the program name (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        The exit status.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (TiledCorrError, ImportError) as exc:
+        print(f"tiledcorr {args.command}: error: {exc}", file=sys.stderr)
+        return 1
