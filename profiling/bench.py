@@ -165,19 +165,21 @@ def main(argv=None) -> int:
     machine = describe_machine()
     print(f"machine: {machine.get('cpu')} | torch {torch.__version__} | threads {torch.get_num_threads()}"
           f"{' | ' + str(machine.get('cuda_device')) if args.device.startswith('cuda') else ''}", flush=True)
+    section = f"{args.device.split(':')[0]}-{args.dtype}{'-tf32' if args.tf32 else ''}"
+    out = ROOT / "profiling" / "results" / f"bench-{section}.json"
     rows = []
     for name in names:
         shape, kw = CONFIGS[name]
         start = time.perf_counter()
         rows.append(bench_config(name, shape, kw, args, reference))
+        # Print and save after every configuration: a run cut short keeps what it measured.
+        print(format_table(rows).splitlines()[-1], flush=True)
         print(f"  {name}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        result = {"machine": machine, "args": vars(args), "section": section,
+                  "reference_available": reference is not None, "rows": rows}
+        out.write_text(json.dumps(result, indent=2, default=str))
     table = format_table(rows)
     print(table)
-    section = f"{args.device.split(':')[0]}-{args.dtype}{'-tf32' if args.tf32 else ''}"
-    result = {"machine": machine, "args": vars(args), "section": section,
-              "reference_available": reference is not None, "rows": rows}
-    out = ROOT / "profiling" / "results" / f"bench-{section}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
     print(f"saved {out.relative_to(ROOT)}")
     if not args.no_docs:
         device_name = machine.get("cuda_device") if args.device.startswith("cuda") else machine.get("cpu")
