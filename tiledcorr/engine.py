@@ -244,10 +244,10 @@ class _Context:
         self.strategy.forward(self, tile, _Capture(captured))
         return captured[0]
 
-    def gather_x1(self, tile: Tile, name: str = "x1") -> torch.Tensor:
+    def gather_x1(self, tile: Tile) -> torch.Tensor:
         """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale."""
         g = self.geometry
-        buf = self.ws.view(name, tile.batch, len(self.offsets), g.channels, *tile.positions)
+        buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions)
         for k, offset in enumerate(self.offsets):
             gather(self.x1, buf[:, k], tile, *_input1_lattice(g, tile, offset))
         if self.scale != 1.0:
@@ -269,8 +269,10 @@ class _Context:
             scatter_add(grad1, buf[:, k], tile, *_input1_lattice(self.geometry, tile, offset))
 
     def scatter_g2(self, grad2: torch.Tensor, tile: Tile, buf: torch.Tensor, extent) -> None:
-        if self.scale != 1.0:
-            buf.mul_(self.scale)
+        """Add ``buf`` ``(Bt, kvol, C, *E)`` into ``grad2`` over the tile's region.
+
+        No scaling here: ``buf`` is a product with ``X1``, which was gathered scaled.
+        """
         for k, offset in enumerate(self.offsets):
             scatter_add(grad2, buf[:, k], tile, *_input2_lattice(self.geometry, tile, offset, extent))
 
@@ -347,9 +349,7 @@ class TileMatmul:
             x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent)
             torch.bmm(x1, gy, out=g2.view(tile.batch, -1, R))
-            # x1 was gathered with the scale already applied.
-            for k, offset in enumerate(ctx.offsets):
-                scatter_add(grad2, g2[:, k], tile, *_input2_lattice(g, tile, offset, extent))
+            ctx.scatter_g2(grad2, tile, g2, extent)
 
 
 def _shifted(region: torch.Tensor, geometry: Geometry, tile: Tile, jj: tuple[int, ...]) -> torch.Tensor:
@@ -417,8 +417,7 @@ class Shift:
         if g1 is not None:
             ctx.scatter_g1(grad1, tile, g1)
         if g2 is not None:
-            for k, offset in enumerate(ctx.offsets):
-                scatter_add(grad2, g2[:, k], tile, *_input2_lattice(g, tile, offset, extent))
+            ctx.scatter_g2(grad2, tile, g2, extent)
 
 
 #: The execution strategies, by name. Each has the same three static methods.
