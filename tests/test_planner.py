@@ -16,7 +16,7 @@ import torch
 import tiledcorr
 from tiledcorr import planner
 from tiledcorr.budget import resolve_budget
-from tiledcorr.engine import STRATEGIES, Tiling, workspace_elements
+from tiledcorr.engine import STRATEGIES, workspace_elements
 
 CONFIGS = [
     ((4, 128, 96, 96), dict(patch_size=41)),

@@ -398,9 +398,9 @@ class Shift:
 
     @staticmethod
     def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
-        g, N = ctx.geometry, ctx.geometry.ndim
+        g = ctx.geometry
         extent = region_extent(g, tile.positions, tile.displacements)
-        T, J = math.prod(tile.positions), math.prod(tile.displacements)
+        J = math.prod(tile.displacements)
         band = ctx.ws.view("band", tile.batch, *tile.displacements, *tile.positions)
         band.copy_(grad_band)
         band = band.view(tile.batch, 1, 1, J, *tile.positions)

@@ -12,7 +12,6 @@ does not hold gigabytes where a few hundred megabytes run as fast.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -21,8 +20,8 @@ import numpy as np
 import torch
 
 from . import checks
-from .budget import DEFAULT_FRACTION, format_bytes, free_memory, resolve_budget
-from .engine import STRATEGIES, Tiling, compute_dtype, iter_tiles, workspace_elements
+from .budget import format_bytes, free_memory, resolve_budget
+from .engine import STRATEGIES, Tiling, compute_dtype, workspace_elements
 from .errors import ArgumentValueError, MemoryBudgetError, ShapeError
 from .geometry import Geometry, count_spans
 

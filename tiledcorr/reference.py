@@ -229,7 +229,6 @@ def flownet_reference(
     kr = (k - 1) // 2
     border = kr + md
     dr = md // s2
-    D = 2 * dr + 1
     o_h = max(0, math.ceil((height + 2 * pad - 2 * border) / s1))
     o_w = max(0, math.ceil((width + 2 * pad - 2 * border) / s1))
     c0 = md - pad  # cy (and cx) for oy = 0
