@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tiledcorr
+from tiledcorr.engine import STRATEGIES
 from tiledcorr.reference import correlate_reference
 
 # (shape B,C,H,W ; kernel, patch, stride, padding, dilation, dilation_patch): every parameter takes
@@ -43,7 +44,7 @@ def _inputs(shape, dtype=torch.float64, seed=0):
     return torch.randn(shape, generator=g, dtype=dtype), torch.randn(shape, generator=g, dtype=dtype)
 
 
-@pytest.mark.parametrize("strategy", ["tile_matmul", "shift"])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_forward_and_gradients_match_reference(case, strategy):
     shape, kw = case
     x1, x2 = _inputs(shape)
@@ -107,7 +108,7 @@ GRADCHECK = [
 
 
 @pytest.mark.parametrize("kw", GRADCHECK)
-@pytest.mark.parametrize("strategy", ["tile_matmul", "shift"])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_gradcheck_across_several_chunks(kw, strategy):
     shape = (2, 1, 6, 5)
     x1, x2 = _inputs(shape)

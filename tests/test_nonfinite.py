@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import tiledcorr
+from tiledcorr.engine import STRATEGIES
 
 PARAMS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch")
 
@@ -109,7 +110,7 @@ def _plans(smallest_budget, shape, dtype=torch.float64, **kw):
     """One plan per strategy with large tiles, and a plan of many small tiles."""
     smallest = smallest_budget(shape, dtype=dtype, requires_grad=True, **kw)
     plans = [tiledcorr.plan(shape, dtype=dtype, memory_budget="1GiB", requires_grad=True, strategy=s, **kw)
-             for s in ("tile_matmul", "shift")]
+             for s in sorted(STRATEGIES)]
     plans.append(tiledcorr.plan(shape, dtype=dtype, memory_budget=16 * smallest, requires_grad=True, **kw))
     assert plans[-1].passes > max(4, plans[0].passes)
     return plans

@@ -62,7 +62,7 @@ def test_every_plan_gives_the_same_result(shape, kw, smallest_budget):
     grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
     ref.backward(grad.double())
     plans = all_plans(smallest_budget, shape, **kw)
-    assert len({p.strategy for p in plans}) == 2 and max(p.passes for p in plans) > 4 * min(p.passes for p in plans)
+    assert len({p.strategy for p in plans}) == len(STRATEGIES) and max(p.passes for p in plans) > 4 * min(p.passes for p in plans)
     for p in plans:
         for mine, expected in zip(run(x1, x2, grad, p, **kw), (ref, ra.grad, rb.grad)):
             scale = expected.abs().max().clamp_min(1.0)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tiledcorr
+from tiledcorr.engine import STRATEGIES
 from tiledcorr.engine import workspace_elements
 from tiledcorr.measure import peak_memory
 from tiledcorr.planner import make_geometry, plan_geometry
@@ -85,9 +86,10 @@ def _normal_inputs(shape, dtype, seed):
 @pytest.mark.parametrize("index", range(len(CONFIGS)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_reductions_equal_the_reduced_volume(index, dtype):
-    """Each configuration runs both strategies (one per dtype), each strategy both dtypes."""
+    """Each configuration runs two strategies (one per dtype); over the configurations each strategy runs both dtypes."""
     shape, kw = CONFIGS[index]
-    strategy = ("tile_matmul", "shift")[(index + (dtype == F64)) % 2]
+    names = sorted(STRATEGIES)
+    strategy = names[(index + (dtype == F64)) % len(names)]
     plan = _tiny_plan(shape, dtype, strategy, **kw)
     assert plan.passes >= 4
     table = _shift_table(plan.geometry.patch, plan.geometry.dilation_patch)
@@ -161,7 +163,7 @@ def test_normalize_and_temperature_scale_the_scores():
 
 
 @pytest.mark.parametrize("name", ["max", "softargmax", "topk"])
-@pytest.mark.parametrize("strategy", ["tile_matmul", "shift"])
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_backward_matches_the_reference_volume(name, strategy):
     """normalize="channels": the backward also carries the forward's scale."""
     shape, kw = CONFIGS[0]

@@ -54,7 +54,7 @@ def test_concurrent_calls_with_different_shapes_and_budgets():
 def test_shared_plan_object_used_by_many_threads():
     """One Plan (immutable) used by all threads at once gives every thread its own correct result."""
     shape, kw = (1, 3, 9, 9), dict(patch_size=7, kernel_size=2, padding=1)
-    plan = tiledcorr.plan(shape, dtype=torch.float64, memory_budget="32KiB", **kw)
+    plan = tiledcorr.plan(shape, dtype=torch.float64, memory_budget="16KiB", **kw)
     assert plan.passes > 4
     inputs = [torch.randn(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     with ThreadPoolExecutor(THREADS) as pool:

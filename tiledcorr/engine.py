@@ -190,8 +190,7 @@ def workspace_elements(geometry: Geometry, tiling: Tiling, *, backward: bool) ->
 
 def _tile_dims(geometry: Geometry, tiling: Tiling) -> tuple[int, int, int, int, int]:
     """(Bt, K, T, Rg, J) of the largest tile: batch, kvol*C, positions, region, displacements."""
-    U = tuple(min(t, max(1, -(-o // geometry.lattice(d).step))) for d, (t, o) in enumerate(zip(tiling.tile, geometry.out_size)))
-    J = tuple(min(j, P) for j, P in zip(tiling.disp_tile, geometry.patch))
+    U, J = _largest_tile(geometry, tiling)
     E = region_extent(geometry, U, J)
     Bt = min(tiling.batch_tile, max(geometry.batch, 1))
     return Bt, geometry.kernel_volume * geometry.channels, math.prod(U), math.prod(E), math.prod(J)
@@ -420,8 +419,164 @@ class Shift:
             ctx.scatter_g2(grad2, tile, g2, extent)
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Shapes of a :class:`RowMatmul` tile (2-D or 3-D; see there).
+
+    Attributes:
+        rows: ``U1``, positions along the first dimension (the bmm batch).
+        cols: ``UN``, positions along the last dimension (the rows of each matmul).
+        disps: ``J1 * ... * J(N-1)``, displacements of the leading dimensions.
+        lead_disp: ``J1``, displacements along the first dimension.
+        width: ``EN``, region points along the last dimension.
+        row_stride: elements between consecutive region rows of dimension 1.
+        row_step: ``m1``, region rows the bmm batch advances per position.
+    """
+
+    rows: int
+    cols: int
+    disps: int
+    lead_disp: int
+    width: int
+    row_stride: int
+    row_step: int
+
+    @property
+    def columns(self) -> int:
+        """``N`` of each matmul: the region points one row of positions reaches."""
+        return self.disps * self.width
+
+
+def _rows(geometry: Geometry, positions, displacements, extent) -> _Rows:
+    return _Rows(
+        rows=positions[0], cols=positions[-1], disps=math.prod(displacements[:-1]), lead_disp=displacements[0],
+        width=extent[-1], row_stride=math.prod(extent[1:]), row_step=geometry.lattice(0).region_step,
+    )
+
+
+class RowMatmul:
+    """One matmul per row of output positions, against the input2 rows that row reaches.
+
+    For a tile of ``U1 x UN`` positions (2-D; other dimensions in the middle
+    of a volume are tiled one position at a time), row ``a`` of positions
+    multiplies its ``UN x K`` input1 values by the ``K x (J1 * EN)`` block of
+    the input2 region it reaches, taken as a strided view of the region (no
+    copy): the batched matmul has ``U1`` items. Only the last dimension wastes
+    products (``EN / JN``, against ``E / J`` over every dimension for
+    :class:`TileMatmul`), so tiles can be long along the first dimension and
+    narrow along the last, which keeps the region small, the matmul at full
+    speed, and the waste low for large patches.
+    """
+
+    name = "row_matmul"
+
+    @staticmethod
+    def supports(geometry: Geometry, tile: tuple[int, ...]) -> bool:
+        """Dimensions between the first and the last must be tiled one position at a time."""
+        return all(u == 1 for u in tile[1:-1])
+
+    @staticmethod
+    def buffers(geometry: Geometry, tiling: Tiling, backward: bool) -> dict[str, int]:
+        Bt, K, T, R, _J = _tile_dims(geometry, tiling)
+        U, J = _largest_tile(geometry, tiling)
+        rows = _rows(geometry, U, J, region_extent(geometry, U, J))
+        sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "y": Bt * rows.rows * rows.cols * rows.columns}
+        if backward:
+            sizes.update({"g1": Bt * K * T, "g2": Bt * K * R})
+        return sizes
+
+    @staticmethod
+    def _lhs(x1: torch.Tensor, rows: _Rows, b: int) -> torch.Tensor:
+        """``A^T``, ``(U1, K, UN)``: batch item ``b``'s input1 tile, one row of positions per item (a view)."""
+        K, T = x1.shape[1] * x1.shape[2], x1[b, 0, 0].numel()
+        return x1[b].as_strided((rows.rows, K, rows.cols), (rows.cols, T, 1))
+
+    @staticmethod
+    def _rhs(region: torch.Tensor, rows: _Rows, b: int, first_row: int = 0, columns: int | None = None) -> torch.Tensor:
+        """``(U1, K, columns)``: for each row of positions the region block it reaches (a view).
+
+        ``region`` is ``(Bt, kvol, C, *E)``; item ``a`` starts at region row
+        ``a*m1 + first_row`` and spans ``columns`` elements (default ``J1*EN``).
+        """
+        K, R = region.shape[1] * region.shape[2], region[b, 0, 0].numel()
+        item = region[b]
+        return item.as_strided(
+            (rows.rows, K, rows.columns if columns is None else columns),
+            (rows.row_step * rows.row_stride, R, 1),
+            item.storage_offset() + first_row * rows.row_stride,
+        )
+
+    @staticmethod
+    def _band(y: torch.Tensor, geometry: Geometry, tile: Tile, rows: _Rows) -> torch.Tensor:
+        """From ``y`` ``(Bt, U1, UN, J1..J(N-1), EN)`` the band ``(Bt, *U, *J)`` (a view)."""
+        N = geometry.ndim
+        s = y.stride()
+        m_last = geometry.lattice(N - 1).region_step
+        lead_pos = [s[1]] + [0] * (N - 2)
+        lead_disp = [rows.width * math.prod(tile.displacements[d + 1 : N - 1]) for d in range(N - 1)]
+        return y.as_strided(
+            (tile.batch, *tile.positions, *tile.displacements),
+            (s[0], *lead_pos, s[2] + m_last, *lead_disp, 1),
+            y.storage_offset(),
+        )
+
+    @staticmethod
+    def _tile_shapes(ctx: _Context, tile: Tile):
+        extent = region_extent(ctx.geometry, tile.positions, tile.displacements)
+        return extent, _rows(ctx.geometry, tile.positions, tile.displacements, extent)
+
+    @staticmethod
+    def forward(ctx: _Context, tile: Tile, sink: Sink) -> None:
+        extent, rows = RowMatmul._tile_shapes(ctx, tile)
+        x1, x2 = ctx.gather_x1(tile), ctx.gather_x2(tile, extent)
+        y = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
+        for b in range(tile.batch):
+            torch.bmm(RowMatmul._lhs(x1, rows, b).transpose(1, 2), RowMatmul._rhs(x2, rows, b), out=y[b])
+        sink.consume(tile, _to_volume_order(RowMatmul._band(y, ctx.geometry, tile, rows), ctx.geometry.ndim))
+
+    @staticmethod
+    def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
+        g, N = ctx.geometry, ctx.geometry.ndim
+        extent, rows = RowMatmul._tile_shapes(ctx, tile)
+        gy = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
+        gy.zero_()
+        RowMatmul._band(gy, g, tile, rows).copy_(_to_tile_order(grad_band, N))
+        x1 = ctx.gather_x1(tile) if grad2 is not None else None
+        x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
+        K = len(ctx.offsets) * g.channels
+        if grad1 is not None:
+            g1 = ctx.ws.view("g1", tile.batch, rows.rows, K, rows.cols)
+            for b in range(tile.batch):
+                torch.bmm(RowMatmul._rhs(x2, rows, b), gy[b].transpose(1, 2), out=g1[b])
+            # (Bt, U1, K, UN) seen as (Bt, kvol, C, *U); middle dimensions hold one position.
+            lead = [K * rows.cols] + [0] * (N - 2)
+            view = g1.as_strided(
+                (tile.batch, len(ctx.offsets), g.channels, *tile.positions),
+                (rows.rows * K * rows.cols, g.channels * rows.cols, rows.cols, *lead, 1),
+            )
+            ctx.scatter_g1(grad1, tile, view)
+        if grad2 is not None:
+            g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_()
+            per_row = rows.columns // rows.lead_disp  # one lead displacement's block: J2..J(N-1) x EN
+            for b in range(tile.batch):
+                a_t = RowMatmul._lhs(x1, rows, b)
+                # Row a of positions reads region row a*m1 + j for displacement j:
+                # for a fixed j the rows differ across a, so each j is one bmm.
+                for j in range(rows.lead_disp):
+                    target = RowMatmul._rhs(g2, rows, b, first_row=j, columns=per_row)
+                    target.baddbmm_(a_t, gy[b, :, :, j * per_row : (j + 1) * per_row])
+            ctx.scatter_g2(grad2, tile, g2, extent)
+
+
+def _largest_tile(geometry: Geometry, tiling: Tiling) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Positions ``U`` and displacements ``J`` per dimension of a plan's largest tile."""
+    U = tuple(min(t, max(1, -(-o // geometry.lattice(d).step))) for d, (t, o) in enumerate(zip(tiling.tile, geometry.out_size)))
+    J = tuple(min(j, P) for j, P in zip(tiling.disp_tile, geometry.patch))
+    return U, J
+
+
 #: The execution strategies, by name. Each has the same three static methods.
-STRATEGIES: dict[str, type] = {TileMatmul.name: TileMatmul, Shift.name: Shift}
+STRATEGIES: dict[str, type] = {TileMatmul.name: TileMatmul, Shift.name: Shift, RowMatmul.name: RowMatmul}
 
 
 def get_strategy(name: str) -> type:

@@ -38,11 +38,12 @@ class DeviceModel:
     tile_overhead: float  # seconds of Python and launch overhead per tile
     copy_overhead: float  # seconds per gather/scatter call
     half_size: float  # matmul dimension at which efficiency is 50%
+    gemm_overhead: float  # seconds per matmul of a batched matmul (torch loops over the batch)
 
 
 DEVICE_MODELS = {
-    "cpu": DeviceModel(matmul_flops=1.0e11, bandwidth=4e9, tile_overhead=40e-6, copy_overhead=8e-6, half_size=8),
-    "cuda": DeviceModel(matmul_flops=4.0e13, bandwidth=1.5e12, tile_overhead=60e-6, copy_overhead=10e-6, half_size=64),
+    "cpu": DeviceModel(matmul_flops=1.0e11, bandwidth=4e9, tile_overhead=40e-6, copy_overhead=8e-6, half_size=8, gemm_overhead=3e-6),
+    "cuda": DeviceModel(matmul_flops=4.0e13, bandwidth=1.5e12, tile_overhead=60e-6, copy_overhead=10e-6, half_size=64, gemm_overhead=0.0),
 }
 
 
@@ -307,9 +308,10 @@ def _cached_plan(
     fwd_bytes, bwd_bytes = cands["fwd_bytes"] + fwd_sink, cands["bwd_bytes"] + grads + bwd_sink
     need = np.maximum(fwd_bytes, bwd_bytes) if requires_grad else fwd_bytes
     seconds = cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0)
-    fits = need <= budget
+    valid = np.isfinite(seconds)  # some strategies cannot run some tile shapes
+    fits = valid & (need <= budget)
     if not fits.any():
-        smallest = int(need.min())
+        smallest = int(need[valid].min())
         raise MemoryBudgetError(
             f"memory_budget of {format_bytes(budget)} ({budget} bytes) is too small for "
             f"{_describe(geometry)}: the smallest tile (one displacement at one output "
@@ -387,7 +389,8 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     gather_bytes = 2 * elem * Bt * K * (T + R)
     band_bytes = 2 * elem * Bt * T * Jp
     overhead = model.tile_overhead + model.copy_overhead * 2 * kvol
-    is_mm = s_idx == strategies.index("tile_matmul") if "tile_matmul" in strategies else np.zeros(len(grid), bool)
+    which = lambda name: s_idx == strategies.index(name) if name in strategies else np.zeros(len(grid), bool)  # noqa: E731
+    is_mm, is_row = which("tile_matmul"), which("row_matmul")
 
     mm_rate = model.matmul_flops * eff(T) * eff(R) * eff(K)
     mm_fwd = 2 * Bt * T * R * K / mm_rate + (gather_bytes + band_bytes + elem * Bt * T * R) / model.bandwidth
@@ -396,11 +399,36 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     sh_fwd = Jp * (ew + model.copy_overhead) + (gather_bytes + band_bytes) / model.bandwidth
     sh_bwd = 2 * Jp * (ew + model.copy_overhead) + (2 * gather_bytes + band_bytes) / model.bandwidth
 
-    fwd_s = tiles * (np.where(is_mm, mm_fwd, sh_fwd) + overhead)
-    bwd_s = tiles * (np.where(is_mm, mm_bwd, sh_bwd) + 2 * overhead)
+    # row_matmul: U1 rows of positions (the bmm batch), each a (UN x K) @ (K x J1..J(N-1)*EN) matmul.
+    rows, cols, width, lead_disp = U[:, 0], U[:, N - 1], E[:, N - 1], J[:, 0]
+    columns = J[:, : N - 1].prod(1) * width
+    Y_row = Bt * rows * cols * columns
+    row_rate = model.matmul_flops * eff(cols) * eff(columns) * eff(K)
+    row_calls = Bt * rows * model.gemm_overhead
+    row_fwd = 2 * Y_row * K / row_rate + row_calls + (gather_bytes + band_bytes) / model.bandwidth
+    row_bwd = (
+        2 * Y_row * K / row_rate + lead_disp * row_calls + 2 * Y_row * K / (model.matmul_flops * eff(cols) * eff(width) * eff(K))
+        + (2 * gather_bytes + band_bytes + elem * (Y_row + Bt * K * R)) / model.bandwidth
+    )
+    if N >= 3:  # middle dimensions one position at a time (RowMatmul.supports)
+        invalid = is_row & (U[:, 1 : N - 1] != 1).any(1)
+    else:
+        invalid = np.zeros(len(grid), bool)
+
+    fwd_s = tiles * (np.select([is_mm, is_row], [mm_fwd, row_fwd], sh_fwd) + overhead)
+    bwd_s = tiles * (np.select([is_mm, is_row], [mm_bwd, row_bwd], sh_bwd) + 2 * overhead)
+    fwd_s[invalid] = bwd_s[invalid] = np.inf
     # Buffer sizes, mirroring each strategy's ``buffers`` (checked by the tests).
-    fwd_elems = np.where(is_mm, Bt * K * T + Bt * K * R + Bt * T * R, 2 * Bt * K * T + Bt * K * R + Bt * Jp * T)
-    bwd_elems = np.where(is_mm, 2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T)
+    fwd_elems = np.select(
+        [is_mm, is_row],
+        [Bt * K * T + Bt * K * R + Bt * T * R, Bt * K * T + Bt * K * R + Y_row],
+        2 * Bt * K * T + Bt * K * R + Bt * Jp * T,
+    )
+    bwd_elems = np.select(
+        [is_mm, is_row],
+        [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_row],
+        2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T,
+    )
     def tiling(i: int) -> Tiling:
         row = grid[i]
         return Tiling(strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))

@@ -14,4 +14,4 @@ BudgetLike = Union[None, int, float, str]
 Normalize = Literal[None, "channels", "kernel_channels", "sqrt_channels"]
 
 #: Names of the execution strategies in the engine's registry.
-StrategyName = Literal["tile_matmul", "shift"]
+StrategyName = Literal["tile_matmul", "row_matmul", "shift"]
