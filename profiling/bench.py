@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,6 @@ import torch
 import tiledcorr
 from tiledcorr.budget import free_memory, format_bytes
 from tiledcorr.machine import describe_machine
-from tiledcorr.measure import measure
 from tiledcorr.naive import naive_correlate, naive_peak_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,25 @@ def _reference():
 
 
 def _time(fn, device, repeat: int, warmup: int = 1) -> float:
-    return measure(fn, device, repeat=repeat, warmup=warmup).median
+    """Median wall-clock seconds of ``repeat`` calls after ``warmup`` calls.
+
+    Deliberately not :func:`tiledcorr.measure.measure`: importing that module
+    tells glibc to give every buffer above 64 KiB its own mapping (so freed
+    memory leaves the RSS and peaks are exact), which makes every allocation
+    page-fault afresh and slows every contender by how much it allocates.
+    Timings here use the allocator as a user's process has it.
+    """
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _step(fn, x1, x2, kw, backward: bool):

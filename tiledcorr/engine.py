@@ -479,11 +479,20 @@ class RowMatmul:
     def buffers(geometry: Geometry, tiling: Tiling, backward: bool) -> dict[str, int]:
         Bt, K, T, R, _J = _tile_dims(geometry, tiling)
         U, J = _largest_tile(geometry, tiling)
-        rows = _rows(geometry, U, J, region_extent(geometry, U, J))
+        E = region_extent(geometry, U, J)
+        rows = _rows(geometry, U, J, E)
         sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "y": Bt * rows.rows * rows.cols * rows.columns}
         if backward:
             sizes.update({"g1": Bt * K * T, "g2": Bt * K * R})
+            if RowMatmul._stacked_g2(geometry):
+                sizes["x1_padded"] = Bt * K * (rows.rows + 2 * (rows.lead_disp - 1)) * rows.cols
+                sizes["z"] = Bt * E[0] * rows.lead_disp * rows.cols * rows.width
         return sizes
+
+    @staticmethod
+    def _stacked_g2(geometry: Geometry) -> bool:
+        """Whether input2's gradient is one bmm per tile (2-D, rows advancing one region row each)."""
+        return geometry.ndim == 2 and geometry.lattice(0).region_step == 1
 
     @staticmethod
     def _lhs(x1: torch.Tensor, rows: _Rows, b: int) -> torch.Tensor:
@@ -538,9 +547,11 @@ class RowMatmul:
     def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
         g, N = ctx.geometry, ctx.geometry.ndim
         extent, rows = RowMatmul._tile_shapes(ctx, tile)
-        gy = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
-        gy.zero_()
-        RowMatmul._band(gy, g, tile, rows).copy_(_to_tile_order(grad_band, N))
+        stacked = RowMatmul._stacked_g2(g)
+        if grad1 is not None or (grad2 is not None and not stacked):
+            gy = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
+            gy.zero_()
+            RowMatmul._band(gy, g, tile, rows).copy_(_to_tile_order(grad_band, N))
         x1 = ctx.gather_x1(tile) if grad2 is not None else None
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
         K = len(ctx.offsets) * g.channels
@@ -555,7 +566,9 @@ class RowMatmul:
                 (rows.rows * K * rows.cols, g.channels * rows.cols, rows.cols, *lead, 1),
             )
             ctx.scatter_g1(grad1, tile, view)
-        if grad2 is not None:
+        if grad2 is not None and stacked:
+            RowMatmul._grad2_stacked(ctx, tile, grad_band, x1, extent, rows, grad2)
+        elif grad2 is not None:
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_()
             per_row = rows.columns // rows.lead_disp  # one lead displacement's block: J2..J(N-1) x EN
             for b in range(tile.batch):
@@ -566,6 +579,39 @@ class RowMatmul:
                     target = RowMatmul._rhs(g2, rows, b, first_row=j, columns=per_row)
                     target.baddbmm_(a_t, gy[b, :, :, j * per_row : (j + 1) * per_row])
             ctx.scatter_g2(grad2, tile, g2, extent)
+
+    @staticmethod
+    def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, x1: torch.Tensor, extent, rows: _Rows, grad2) -> None:
+        """Input2's gradient over the region as one bmm per batch item (2-D, ``m1 == 1``).
+
+        Region row ``e`` receives from the ``J1`` position rows ``a = e - j``
+        (displacement ``j``); stacking those rows makes it one matmul:
+        ``G2[e] (K x EW) = [X1 rows e-J1+1 .. e] (K x J1*UW) @ Z[e] (J1*UW x EW)``,
+        with ``Z[e, J1-1-j, b, b*mW + jW] = grad[j, jW, e-j, b]`` (zero elsewhere)
+        and input1's rows zero-padded by ``J1 - 1`` at both ends.
+        """
+        g = ctx.geometry
+        K, (U1, UW), J1, (E1, EW) = len(ctx.offsets) * g.channels, tile.positions, rows.lead_disp, extent
+        padded_rows = U1 + 2 * (J1 - 1)
+        x1p = ctx.ws.view("x1_padded", tile.batch, K, padded_rows, UW)
+        x1p[:, :, : J1 - 1].zero_()
+        x1p[:, :, J1 - 1 + U1 :].zero_()
+        x1p[:, :, J1 - 1 : J1 - 1 + U1].copy_(x1.view(tile.batch, K, U1, UW))
+        z = ctx.ws.view("z", tile.batch, E1, J1, UW, EW).zero_()
+        s = z.stride()
+        m_w = g.lattice(1).region_step
+        band = z.as_strided(
+            (tile.batch, J1, tile.displacements[1], U1, UW),
+            (s[0], s[1] - s[2], 1, s[1], s[3] + m_w),
+            z.storage_offset() + (J1 - 1) * s[2],
+        )
+        band.copy_(grad_band)
+        g2 = ctx.ws.view("g2", tile.batch, E1, K, EW)
+        for b in range(tile.batch):
+            item = x1p[b]
+            windows = item.as_strided((E1, K, J1 * UW), (UW, padded_rows * UW, 1), item.storage_offset())
+            torch.bmm(windows, z[b].view(E1, J1 * UW, EW), out=g2[b])
+        ctx.scatter_g2(grad2, tile, g2.view(tile.batch, E1, len(ctx.offsets), g.channels, EW).permute(0, 2, 3, 1, 4), extent)
 
 
 def _largest_tile(geometry: Geometry, tiling: Tiling) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -406,9 +406,21 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     row_rate = model.matmul_flops * eff(cols) * eff(columns) * eff(K)
     row_calls = Bt * rows * model.gemm_overhead
     row_fwd = 2 * Y_row * K / row_rate + row_calls + (gather_bytes + band_bytes) / model.bandwidth
+    # Backward: input1's gradient is one bmm like the forward; input2's is one
+    # bmm over stacked rows (2-D, m1 == 1: RowMatmul._grad2_stacked, with a
+    # second copy of the band) or one bmm per leading displacement.
+    stacked = N == 2 and geometry.lattice(0).region_step == 1
+    Z_row = Bt * E[:, 0] * lead_disp * cols * width
+    x1_padded = Bt * K * (rows + 2 * (lead_disp - 1)) * cols
+    if stacked:
+        g2_s = 2 * Z_row * K / (model.matmul_flops * eff(lead_disp * cols) * eff(width) * eff(K)) + Bt * E[:, 0] * model.gemm_overhead
+        g2_bytes = band_bytes + elem * (Z_row + x1_padded)
+    else:
+        g2_s = 2 * Y_row * K / (model.matmul_flops * eff(cols) * eff(width) * eff(K)) + lead_disp * row_calls
+        g2_bytes = 0.0
     row_bwd = (
-        2 * Y_row * K / row_rate + lead_disp * row_calls + 2 * Y_row * K / (model.matmul_flops * eff(cols) * eff(width) * eff(K))
-        + (2 * gather_bytes + band_bytes + elem * (Y_row + Bt * K * R)) / model.bandwidth
+        2 * Y_row * K / row_rate + row_calls + g2_s
+        + (2 * gather_bytes + band_bytes + g2_bytes + elem * (Y_row + Bt * K * R)) / model.bandwidth
     )
     if N >= 3:  # middle dimensions one position at a time (RowMatmul.supports)
         invalid = is_row & (U[:, 1 : N - 1] != 1).any(1)
@@ -426,7 +438,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     )
     bwd_elems = np.select(
         [is_mm, is_row],
-        [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_row],
+        [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_row + (Z_row + x1_padded if stacked else 0)],
         2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T,
     )
     def tiling(i: int) -> Tiling:
