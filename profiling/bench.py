@@ -60,28 +60,6 @@ def _reference():
     return spatial_correlation_sample
 
 
-def _time(fn, device, repeat: int, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``repeat`` calls after ``warmup`` calls.
-
-    Deliberately not :func:`tiledcorr.measure.measure`: importing that module
-    tells glibc to give every buffer above 64 KiB its own mapping (so freed
-    memory leaves the RSS and peaks are exact), which makes every allocation
-    page-fault afresh and slows every contender by how much it allocates.
-    Timings here use the allocator as a user's process has it.
-    """
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _step(fn, x1, x2, kw, backward: bool):
     """A closure running ``fn`` forward (and backward with a fixed gradient)."""
     if not backward:
@@ -96,12 +74,42 @@ def _step(fn, x1, x2, kw, backward: bool):
     return run
 
 
-def matmul_rate(flops: float, dtype, device, repeat: int) -> float:
-    """FLOP/s of one square ``torch.matmul`` doing ``flops`` flops (2 n^3)."""
+def _matmul(flops: float, dtype, device):
+    """A closure running one square ``torch.matmul`` of ``flops`` flops (2 n^3), and its true flop count."""
     n = max(64, round((flops / 2) ** (1 / 3)))
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    return 2 * n**3 / _time(lambda: a @ b, device, repeat)
+    return (lambda: a @ b), 2 * n**3
+
+
+def time_interleaved(contenders: dict, repeats: dict, device, warmup: dict) -> dict:
+    """Median seconds per contender, timed round-robin so all see the same machine load.
+
+    The machines are shared and their speed drifts by tens of percent within
+    a minute; timing one contender after another would turn that drift into
+    the ratios. Round ``r`` runs every contender with ``repeats[name] > r``,
+    after ``warmup[name]`` untimed calls.
+
+    Deliberately not :func:`tiledcorr.measure.measure`: importing that module
+    tells glibc to give every buffer above 64 KiB its own mapping (so freed
+    memory leaves the RSS and peaks are exact), which makes every allocation
+    page-fault afresh and slows every contender by how much it allocates.
+    Timings here use the allocator as a user's process has it.
+    """
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    times = {name: [] for name in contenders}
+    for name, fn in contenders.items():
+        for _ in range(warmup.get(name, 1)):
+            fn()
+    sync()
+    for r in range(max(repeats.values())):
+        for name, fn in contenders.items():
+            if repeats[name] > r:
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def bench_config(name, shape, kw, args, reference) -> dict:
@@ -109,23 +117,34 @@ def bench_config(name, shape, kw, args, reference) -> dict:
     g = torch.Generator(device="cpu").manual_seed(0)
     x1 = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     x2 = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    # What a default call plans: forward-only for inputs without grad, forward
+    # and backward otherwise (both are in the JSON).
     plan = tiledcorr.plan(shape, dtype=dtype, device=device, requires_grad=True, **kw)
+    forward_plan = tiledcorr.plan(shape, dtype=dtype, device=device, **kw)
     flops = plan.geometry.flops
-    row = {"name": name, "shape": list(shape), "params": kw, "gflop": flops / 1e9, "plan": plan.to_dict()}
-    tiled = lambda a, b, **k: tiledcorr.correlate(a, b, plan=plan, **k)  # noqa: E731
+    row = {"name": name, "shape": list(shape), "params": kw, "gflop": flops / 1e9, "plan": plan.to_dict(),
+           "forward_plan": forward_plan.to_dict()}
+    matmul, matmul_flops = _matmul(flops, dtype, device)
+    contenders, repeats = {"matmul": matmul}, {"matmul": args.repeat}
+    use_reference = reference is not None and dtype in (torch.float32, torch.float64) and not args.no_reference
     for label, backward in (("fwd", False), ("fwdbwd", True)):
-        row[f"tiled_{label}_s"] = _time(_step(tiled, x1, x2, kw, backward), device, args.repeat)
+        contenders[f"tiled_{label}"] = _step(tiledcorr.correlate, x1, x2, kw, backward)
+        repeats[f"tiled_{label}"] = args.repeat
         naive_need = naive_peak_bytes(plan, backward=backward)
         if naive_need < min(args.naive_limit, 0.5 * free_memory(device)):
-            row[f"naive_{label}_s"] = _time(_step(naive_correlate, x1, x2, kw, backward), device, args.repeat)
+            contenders[f"naive_{label}"] = _step(naive_correlate, x1, x2, kw, backward)
+            repeats[f"naive_{label}"] = args.repeat
         else:
-            row[f"naive_{label}_s"] = None
             row["naive_skipped"] = f"needs {format_bytes(naive_need)}"
-        if reference is not None and dtype in (torch.float32, torch.float64) and not args.no_reference:
-            row[f"ref_{label}_s"] = _time(_step(reference, x1, x2, kw, backward), device, args.ref_repeat)
-        else:
-            row[f"ref_{label}_s"] = None
-    row["matmul_gflops"] = matmul_rate(flops, dtype, device, args.repeat) / 1e9
+        if use_reference:
+            contenders[f"ref_{label}"] = _step(reference, x1, x2, kw, backward)
+            repeats[f"ref_{label}"] = args.ref_repeat
+    # The reference takes seconds per call and has nothing to warm up but its first call.
+    medians = time_interleaved(contenders, repeats, device, warmup={"ref_fwd": 0, "ref_fwdbwd": 0})
+    for label in ("fwd", "fwdbwd"):
+        for who in ("tiled", "naive", "ref"):
+            row[f"{who}_{label}_s"] = medians.get(f"{who}_{label}")
+    row["matmul_gflops"] = matmul_flops / medians["matmul"] / 1e9
     row["tiled_fwd_gflops"] = flops / row["tiled_fwd_s"] / 1e9
     row["tiled_fwdbwd_gflops"] = 3 * flops / row["tiled_fwdbwd_s"] / 1e9  # backward: two more products per term
     return row

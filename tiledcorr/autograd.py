@@ -12,7 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from . import nonfinite
+from . import hugepages, nonfinite
 from .engine import GradSource, OutputSink, compute_dtype, run_backward, run_forward, volume_grad
 from .errors import MemoryBudgetError
 from .planner import Plan, smaller_plan
@@ -66,6 +66,7 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
 
     def attempt(p: Plan) -> torch.Tensor:
         out = input1.new_empty(g.out_shape)
+        hugepages.advise(out)
         if finite:
             run_forward(input1, input2, g, p.tiling, OutputSink(g, out), scale=scale)
         else:  # zero padding is not exact for NaN and Inf

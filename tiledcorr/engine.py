@@ -24,6 +24,7 @@ from typing import Iterator, Protocol
 
 import torch
 
+from . import hugepages
 from .geometry import Geometry, Span, clip, input1_start, input1_step, input2_start, output_slice, spans
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -175,6 +176,8 @@ class Workspace:
 
     def __init__(self, sizes: dict[str, int], dtype: torch.dtype, device: torch.device) -> None:
         self._flat = {name: torch.empty(n, dtype=dtype, device=device) for name, n in sizes.items() if n > 0}
+        for buffer in self._flat.values():
+            hugepages.advise(buffer)
 
     def view(self, name: str, *shape: int) -> torch.Tensor:
         return self._flat[name][: math.prod(shape)].view(shape)
