@@ -31,7 +31,7 @@ CONFIGS = [random_config(seed) for seed in range(4)]
 
 
 def all_plans(smallest_budget, shape, **kw) -> list[tiledcorr.Plan]:
-    """Distinct plans of both strategies for budgets from 1 GiB down to the minimum."""
+    """Distinct plans of every strategy for budgets from 1 GiB down to the minimum."""
     plans = {}
     for strategy in STRATEGIES:
         smallest = smallest_budget(shape, requires_grad=True, strategy=strategy, **kw)
