@@ -1,7 +1,7 @@
 """Plan independence and determinism.
 
 For random configurations, every plan, from one chunk down to the smallest
-tile, with either strategy, gives the same output and gradients to float32
+tile, with every strategy, gives the same output and gradients to float32
 rounding; and the same plan run twice gives bit-identical results.
 """
 
