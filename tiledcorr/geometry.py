@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Iterator
 
 
@@ -58,7 +57,7 @@ class Geometry:
         """Number of spatial dimensions (2 for images, 3 for volumes)."""
         return len(self.in_size)
 
-    @cached_property
+    @property
     def out_size(self) -> tuple[int, ...]:
         """Output spatial size ``(oH, oW)``; a 0 where the kernel does not fit."""
         size = tuple(

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checks
+from . import checks, ops
 from .autograd import CorrelationFunction
 from .errors import ArgumentTypeError, ArgumentValueError
 from .geometry import Geometry
@@ -72,9 +72,6 @@ def resolve_plan(
     return plan
 
 
-# Planning reads free memory and caches plans in Python: the compiler runs the whole call eagerly
-# (one graph break per call) rather than breaking at each of those steps.
-@torch.compiler.disable
 def correlate(
     input1: torch.Tensor,
     input2: torch.Tensor,
@@ -142,6 +139,33 @@ def correlate(
         >>> correlate(v1, v2, patch_size=5, normalize="channels", flatten=True).shape
         torch.Size([1, 125, 8, 12, 12])
     """
+    budget = ops.encode_budget(memory_budget)
+    if torch.compiler.is_compiling() and plan is None and budget is not None:
+        # Traced: validation and shapes here, planning inside the custom operator (tiledcorr.ops).
+        checks.check_bool("flatten", flatten)
+        input1, input2 = prepare_inputs(input1, input2)
+        g = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+        scale = normalization_scale(normalize, g.channels, g.kernel_volume)
+        with torch.autocast(input1.device.type, enabled=False):
+            out = ops.correlate_volume(input1, input2, g, scale, budget)
+    else:
+        out, g = _correlate_eager(
+            input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch, normalize, flatten,
+            memory_budget, plan,
+        )
+    if flatten:
+        out = out.reshape(g.batch, g.num_displacements, *g.out_size)
+    return out
+
+
+# A given Plan cannot be an operator argument: under torch.compile such a call runs eagerly
+# (one graph break), as does a memory_budget of a type correlate() refuses (to raise its error).
+@torch.compiler.disable
+def _correlate_eager(
+    input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch, normalize, flatten, memory_budget,
+    plan,
+) -> tuple[torch.Tensor, Geometry]:
+    """The eager :func:`correlate`: the 5-D volume and its geometry."""
     checks.check_bool("flatten", flatten)
     input1, input2 = prepare_inputs(input1, input2)
     geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
@@ -151,9 +175,7 @@ def correlate(
     check_output_fits(plan, input1.device)
     with torch.autocast(input1.device.type, enabled=False):
         out = CorrelationFunction.apply(input1, input2, plan, scale)
-    if flatten:
-        out = out.reshape(g.batch, g.num_displacements, *g.out_size)
-    return out
+    return out, g
 
 
 def _repr_args(module: nn.Module, names: tuple[str, ...], defaults: dict[str, Any]) -> str:
