@@ -45,22 +45,27 @@ def _inputs(seed: int = 0):
             torch.randn(2, 3, 9, 11, generator=g, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("memory_budget", [None, 1 << 20, "64KiB", 0.5])
-def test_fullgraph_with_every_budget_form(memory_budget):
-    """Geometry parameters and every memory_budget form go through the operator; gradients match eager."""
-    kw = dict(kernel_size=2, patch_size=(3, 5), stride=(1, 2), padding=1, dilation_patch=(2, 1))
-    a, b = _inputs(1)
-    fn = lambda x, y: tiledcorr.correlate(x, y, normalize="sqrt_channels", memory_budget=memory_budget, **kw)  # noqa: E731
+def _assert_compiles_like_eager(fn, a, b):
+    """``fn`` compiled with fullgraph=True (aot_eager) gives eager's output and input gradients."""
     ra, rb = a.clone().requires_grad_(), b.clone().requires_grad_()
     expected = fn(ra, rb)
     expected.sum().backward()
     torch._dynamo.reset()
+    assert torch._dynamo.explain(fn)(a, b).graph_break_count == 0
     ca, cb = a.clone().requires_grad_(), b.clone().requires_grad_()
     out = torch.compile(fn, backend="aot_eager", fullgraph=True)(ca, cb)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     out.sum().backward()
     torch.testing.assert_close(ca.grad, ra.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(cb.grad, rb.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("memory_budget", [None, 1 << 20, "64KiB", 0.5])
+def test_fullgraph_with_every_budget_form(memory_budget):
+    """Geometry parameters and every memory_budget form go through the operator; gradients match eager."""
+    kw = dict(kernel_size=2, patch_size=(3, 5), stride=(1, 2), padding=1, dilation_patch=(2, 1))
+    fn = lambda x, y: tiledcorr.correlate(x, y, normalize="sqrt_channels", memory_budget=memory_budget, **kw)  # noqa: E731
+    _assert_compiles_like_eager(fn, *_inputs(1))
 
 
 def test_operator_called_directly_equals_correlate():
@@ -96,16 +101,5 @@ def test_flownet_shim_compiles_without_graph_breaks():
     """FlowNet's negative engine padding and cropped output travel through the operator too."""
     from tiledcorr.compat.flownet import flownet_correlation
 
-    a, b = _inputs(5)
     fn = lambda x, y: flownet_correlation(x, y, 2, 3, 4, 1, 2).relu()  # noqa: E731
-    ra, rb = a.clone().requires_grad_(), b.clone().requires_grad_()
-    expected = fn(ra, rb)
-    expected.sum().backward()
-    torch._dynamo.reset()
-    assert torch._dynamo.explain(fn)(a, b).graph_break_count == 0
-    ca, cb = a.clone().requires_grad_(), b.clone().requires_grad_()
-    out = torch.compile(fn, backend="aot_eager", fullgraph=True)(ca, cb)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-    out.sum().backward()
-    torch.testing.assert_close(ca.grad, ra.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(cb.grad, rb.grad, rtol=1e-12, atol=1e-12)
+    _assert_compiles_like_eager(fn, *_inputs(5))
