@@ -11,6 +11,8 @@ import tiledcorr
 from tiledcorr.engine import STRATEGIES
 from tiledcorr.reference import correlate_reference
 
+from support import assert_matches_reference
+
 # (shape B,C,H,W ; kernel, patch, stride, padding, dilation, dilation_patch): every parameter takes
 # a value other than 1 (0 for padding) somewhere, tuples, even sizes, odd non-square images, B > 1.
 GRID = [
@@ -49,17 +51,11 @@ def test_forward_and_gradients_match_reference(case, strategy):
     shape, kw = case
     x1, x2 = _inputs(shape)
     p = tiledcorr.plan(shape, dtype=torch.float64, strategy=strategy, requires_grad=True, memory_budget="1GiB", **kw)
-    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
-    out = tiledcorr.correlate(a, b, plan=p, **kw)
-    ra, rb = x1.clone().requires_grad_(), x2.clone().requires_grad_()
-    ref = correlate_reference(ra, rb, **kw)
+    out, ref = assert_matches_reference(
+        lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw), lambda a, b: correlate_reference(a, b, **kw),
+        x1, x2, rtol=1e-10, atol=1e-10,
+    )
     assert out.shape == ref.shape and out.dtype == torch.float64 and out.is_contiguous()
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad = torch.randn_like(ref)
-    out.backward(grad)
-    ref.backward(grad)
-    torch.testing.assert_close(a.grad, ra.grad, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-10, atol=1e-10)
 
 
 def _smallest_budget(shape, **kw) -> int:

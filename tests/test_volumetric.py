@@ -21,6 +21,8 @@ from tiledcorr.engine import STRATEGIES
 from tiledcorr.measure import peak_memory
 from tiledcorr.reference import correlate_reference
 
+from support import assert_matches_reference
+
 F64 = torch.float64
 
 
@@ -62,17 +64,11 @@ def test_forward_and_gradients_match_the_3d_reference(index, strategy):
     x1, x2 = _inputs(shape, seed=index)
     plan = _tiny_plan(shape, F64, strategy, **kw)
     assert plan.passes >= 4 and plan.peak_workspace_bytes <= plan.budget_bytes
-    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
-    out = tiledcorr.correlate(a, b, **kw, plan=plan)
-    ra, rb = x1.clone().requires_grad_(), x2.clone().requires_grad_()
-    ref = correlate_reference(ra, rb, **kw)
+    out, ref = assert_matches_reference(
+        lambda a, b: tiledcorr.correlate(a, b, **kw, plan=plan), lambda a, b: correlate_reference(a, b, **kw),
+        x1, x2, rtol=1e-10, atol=1e-10,
+    )
     assert out.shape == ref.shape and out.dim() == 7  # (B, PD, PH, PW, oD, oH, oW)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    grad = torch.randn_like(ref)
-    out.backward(grad)
-    ref.backward(grad)
-    torch.testing.assert_close(a.grad, ra.grad, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_float32_matches_the_3d_reference():

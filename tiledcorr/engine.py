@@ -246,10 +246,13 @@ class _Context:
         self.strategy.forward(self, tile, _Capture(captured))
         return captured[0]
 
-    def gather_x1(self, tile: Tile) -> torch.Tensor:
-        """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale."""
+    def gather_x1(self, tile: Tile, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale.
+
+        Written into the workspace's ``x1`` buffer, or into ``out`` (any strides).
+        """
         g = self.geometry
-        buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions)
+        buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
         for k, offset in enumerate(self.offsets):
             gather(self.x1, buf[:, k], tile, *_input1_lattice(g, tile, offset))
         if self.scale != 1.0:
@@ -291,13 +294,8 @@ def _y_band(y: torch.Tensor, geometry: Geometry, tile: Tile) -> torch.Tensor:
     )
 
 
-def _to_volume_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``(Bt, *U, *J)`` -> ``(Bt, *J, *U)`` (a permuted view)."""
-    return band.permute(0, *range(1 + ndim, 1 + 2 * ndim), *range(1, 1 + ndim))
-
-
-def _to_tile_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``(Bt, *J, *U)`` -> ``(Bt, *U, *J)`` (a permuted view)."""
+def swap_band_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(Bt, *U, *J)`` <-> ``(Bt, *J, *U)``: tile order to volume order and back (a permuted view)."""
     return band.permute(0, *range(1 + ndim, 1 + 2 * ndim), *range(1, 1 + ndim))
 
 
@@ -331,7 +329,7 @@ class TileMatmul:
         y = ctx.ws.view("y", tile.batch, T, R)
         torch.bmm(x1.transpose(1, 2), x2, out=y)
         band = _y_band(y.view(tile.batch, *tile.positions, *extent), g, tile)
-        sink.consume(tile, _to_volume_order(band, N))
+        sink.consume(tile, swap_band_order(band, N))
 
     @staticmethod
     def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
@@ -341,7 +339,7 @@ class TileMatmul:
         gy = ctx.ws.view("y", tile.batch, T, R)
         gy.zero_()
         band = _y_band(gy.view(tile.batch, *tile.positions, *extent), g, tile)
-        band.copy_(_to_tile_order(grad_band, N))
+        band.copy_(swap_band_order(grad_band, N))
         if grad1 is not None:
             x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
             g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions)
@@ -431,8 +429,7 @@ class _Rows:
         cols: ``UN``, positions along the last dimension (the rows of each matmul).
         disps: ``J1 * ... * J(N-1)``, displacements of the leading dimensions.
         lead_disp: ``J1``, displacements along the first dimension.
-        width: ``EN``, region points along the last dimension.
-        row_stride: elements between consecutive region rows of dimension 1.
+        extent: ``E``, the input2 region per dimension.
         row_step: ``m1``, region rows the bmm batch advances per position.
     """
 
@@ -440,9 +437,18 @@ class _Rows:
     cols: int
     disps: int
     lead_disp: int
-    width: int
-    row_stride: int
+    extent: tuple[int, ...]
     row_step: int
+
+    @property
+    def width(self) -> int:
+        """``EN``, region points along the last dimension."""
+        return self.extent[-1]
+
+    @property
+    def row_stride(self) -> int:
+        """Elements between consecutive region rows of dimension 1."""
+        return math.prod(self.extent[1:])
 
     @property
     def columns(self) -> int:
@@ -450,10 +456,10 @@ class _Rows:
         return self.disps * self.width
 
 
-def _rows(geometry: Geometry, positions, displacements, extent) -> _Rows:
+def _rows(geometry: Geometry, positions: tuple[int, ...], displacements: tuple[int, ...]) -> _Rows:
     return _Rows(
         rows=positions[0], cols=positions[-1], disps=math.prod(displacements[:-1]), lead_disp=displacements[0],
-        width=extent[-1], row_stride=math.prod(extent[1:]), row_step=geometry.lattice(0).region_step,
+        extent=region_extent(geometry, positions, displacements), row_step=geometry.lattice(0).region_step,
     )
 
 
@@ -474,26 +480,19 @@ class RowMatmul:
     name = "row_matmul"
 
     @staticmethod
-    def supports(geometry: Geometry, tile: tuple[int, ...]) -> bool:
-        """Dimensions between the first and the last must be tiled one position at a time."""
-        return all(u == 1 for u in tile[1:-1])
-
-    @staticmethod
     def buffers(geometry: Geometry, tiling: Tiling, backward: bool) -> dict[str, int]:
         Bt, K, T, R, _J = _tile_dims(geometry, tiling)
-        U, J = _largest_tile(geometry, tiling)
-        E = region_extent(geometry, U, J)
-        rows = _rows(geometry, U, J, E)
+        rows = _rows(geometry, *_largest_tile(geometry, tiling))
         sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "y": Bt * rows.rows * rows.cols * rows.columns}
         if backward:
             sizes.update({"g1": Bt * K * T, "g2": Bt * K * R})
-            if RowMatmul._stacked_g2(geometry):
+            if RowMatmul.stacked_grad2(geometry):
                 sizes["x1_padded"] = Bt * K * (rows.rows + 2 * (rows.lead_disp - 1)) * rows.cols
-                sizes["z"] = Bt * E[0] * rows.lead_disp * rows.cols * rows.width
+                sizes["z"] = Bt * rows.extent[0] * rows.lead_disp * rows.cols * rows.width
         return sizes
 
     @staticmethod
-    def _stacked_g2(geometry: Geometry) -> bool:
+    def stacked_grad2(geometry: Geometry) -> bool:
         """Whether input2's gradient is one bmm per tile (2-D, rows advancing one region row each)."""
         return geometry.ndim == 2 and geometry.lattice(0).region_step == 1
 
@@ -533,29 +532,25 @@ class RowMatmul:
         )
 
     @staticmethod
-    def _tile_shapes(ctx: _Context, tile: Tile):
-        extent = region_extent(ctx.geometry, tile.positions, tile.displacements)
-        return extent, _rows(ctx.geometry, tile.positions, tile.displacements, extent)
-
-    @staticmethod
     def forward(ctx: _Context, tile: Tile, sink: Sink) -> None:
-        extent, rows = RowMatmul._tile_shapes(ctx, tile)
-        x1, x2 = ctx.gather_x1(tile), ctx.gather_x2(tile, extent)
+        rows = _rows(ctx.geometry, tile.positions, tile.displacements)
+        x1, x2 = ctx.gather_x1(tile), ctx.gather_x2(tile, rows.extent)
         y = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
         for b in range(tile.batch):
             torch.bmm(RowMatmul._lhs(x1, rows, b).transpose(1, 2), RowMatmul._rhs(x2, rows, b), out=y[b])
-        sink.consume(tile, _to_volume_order(RowMatmul._band(y, ctx.geometry, tile, rows), ctx.geometry.ndim))
+        sink.consume(tile, swap_band_order(RowMatmul._band(y, ctx.geometry, tile, rows), ctx.geometry.ndim))
 
     @staticmethod
     def backward(ctx: _Context, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
         g, N = ctx.geometry, ctx.geometry.ndim
-        extent, rows = RowMatmul._tile_shapes(ctx, tile)
-        stacked = RowMatmul._stacked_g2(g)
+        rows = _rows(g, tile.positions, tile.displacements)
+        extent = rows.extent
+        stacked = RowMatmul.stacked_grad2(g)
         if grad1 is not None or (grad2 is not None and not stacked):
             gy = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
             gy.zero_()
-            RowMatmul._band(gy, g, tile, rows).copy_(_to_tile_order(grad_band, N))
-        x1 = ctx.gather_x1(tile) if grad2 is not None else None
+            RowMatmul._band(gy, g, tile, rows).copy_(swap_band_order(grad_band, N))
+        x1 = ctx.gather_x1(tile) if grad2 is not None and not stacked else None
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
         K = len(ctx.offsets) * g.channels
         if grad1 is not None:
@@ -570,7 +565,7 @@ class RowMatmul:
             )
             ctx.scatter_g1(grad1, tile, view)
         if grad2 is not None and stacked:
-            RowMatmul._grad2_stacked(ctx, tile, grad_band, x1, extent, rows, grad2)
+            RowMatmul._grad2_stacked(ctx, tile, grad_band, extent, rows, grad2)
         elif grad2 is not None:
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_()
             per_row = rows.columns // rows.lead_disp  # one lead displacement's block: J2..J(N-1) x EN
@@ -584,7 +579,7 @@ class RowMatmul:
             ctx.scatter_g2(grad2, tile, g2, extent)
 
     @staticmethod
-    def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, x1: torch.Tensor, extent, rows: _Rows, grad2) -> None:
+    def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, extent, rows: _Rows, grad2) -> None:
         """Input2's gradient over the region as one bmm per batch item (2-D, ``m1 == 1``).
 
         Region row ``e`` receives from the ``J1`` position rows ``a = e - j``
@@ -599,7 +594,8 @@ class RowMatmul:
         x1p = ctx.ws.view("x1_padded", tile.batch, K, padded_rows, UW)
         x1p[:, :, : J1 - 1].zero_()
         x1p[:, :, J1 - 1 + U1 :].zero_()
-        x1p[:, :, J1 - 1 : J1 - 1 + U1].copy_(x1.view(tile.batch, K, U1, UW))
+        inside = x1p.view(tile.batch, len(ctx.offsets), g.channels, padded_rows, UW)[:, :, :, J1 - 1 : J1 - 1 + U1]
+        ctx.gather_x1(tile, out=inside)
         z = ctx.ws.view("z", tile.batch, E1, J1, UW, EW).zero_()
         s = z.stride()
         m_w = g.lattice(1).region_step

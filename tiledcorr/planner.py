@@ -21,7 +21,7 @@ import torch
 
 from . import checks
 from .budget import format_bytes, free_memory, resolve_budget
-from .engine import STRATEGIES, Tiling, compute_dtype, workspace_elements
+from .engine import STRATEGIES, RowMatmul, Tiling, compute_dtype, workspace_elements
 from .errors import ArgumentValueError, MemoryBudgetError, ShapeError
 from .geometry import Geometry, count_spans
 
@@ -409,7 +409,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     # Backward: input1's gradient is one bmm like the forward; input2's is one
     # bmm over stacked rows (2-D, m1 == 1: RowMatmul._grad2_stacked, with a
     # second copy of the band) or one bmm per leading displacement.
-    stacked = N == 2 and geometry.lattice(0).region_step == 1
+    stacked = RowMatmul.stacked_grad2(geometry)
     Z_row = Bt * E[:, 0] * lead_disp * cols * width
     x1_padded = Bt * K * (rows + 2 * (lead_disp - 1)) * cols
     if stacked:
@@ -422,10 +422,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
         2 * Y_row * K / row_rate + row_calls + g2_s
         + (2 * gather_bytes + band_bytes + g2_bytes + elem * (Y_row + Bt * K * R)) / model.bandwidth
     )
-    if N >= 3:  # middle dimensions one position at a time (RowMatmul.supports)
-        invalid = is_row & (U[:, 1 : N - 1] != 1).any(1)
-    else:
-        invalid = np.zeros(len(grid), bool)
+    invalid = is_row & (U[:, 1 : N - 1] != 1).any(1)  # RowMatmul tiles a volume's middle dimension one by one
 
     fwd_s = tiles * (np.select([is_mm, is_row], [mm_fwd, row_fwd], sh_fwd) + overhead)
     bwd_s = tiles * (np.select([is_mm, is_row], [mm_bwd, row_bwd], sh_bwd) + 2 * overhead)

@@ -34,7 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from . import checks
 from .autograd import backward_inputs, with_oom_retry
-from .engine import Tile, compute_dtype, iter_tiles, run_forward
+from .engine import Tile, compute_dtype, iter_tiles, run_forward, swap_band_order
 from .errors import ArgumentTypeError, ArgumentValueError
 from .geometry import Geometry, output_slice
 from .planner import Plan, SinkCost, make_geometry
@@ -126,14 +126,9 @@ def _positions(geometry: Geometry, tile: Tile, *lead: slice) -> tuple[slice, ...
     return (slice(tile.b0, tile.b1), *lead, *pos)
 
 
-def _tile_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
-    """``(Bt, *J, *U)`` -> ``(Bt, *U, *J)`` (a permuted view)."""
-    return band.permute(0, *range(1 + ndim, 1 + 2 * ndim), *range(1, 1 + ndim))
-
-
 def _flat_band(band: torch.Tensor, ndim: int, dtype: torch.dtype) -> torch.Tensor:
     """A contiguous copy of the band in tile order, displacements flattened last: ``(Bt, *U, prod(J))``."""
-    ordered = _tile_order(band, ndim)
+    ordered = swap_band_order(band, ndim)
     flat = torch.empty(ordered.shape, dtype=dtype, device=band.device)
     flat.copy_(ordered)
     return flat.view(*ordered.shape[: 1 + ndim], -1)
@@ -284,7 +279,7 @@ class SoftArgmaxSink:
 
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
         g, N = self.geometry, self.geometry.ndim
-        ordered = _tile_order(band, N)
+        ordered = swap_band_order(band, N)
         w = torch.empty(ordered.shape, dtype=self.dtype, device=band.device)
         torch.div(ordered, self.temperature, out=w)
         w = w.view(*ordered.shape[: 1 + N], -1)

@@ -139,43 +139,39 @@ def correlate(
         >>> correlate(v1, v2, patch_size=5, normalize="channels", flatten=True).shape
         torch.Size([1, 125, 8, 12, 12])
     """
-    budget = ops.encode_budget(memory_budget)
-    if torch.compiler.is_compiling() and plan is None and budget is not None:
-        # Traced: validation and shapes here, planning inside the custom operator (tiledcorr.ops).
-        checks.check_bool("flatten", flatten)
-        input1, input2 = prepare_inputs(input1, input2)
-        g = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
-        scale = normalization_scale(normalize, g.channels, g.kernel_volume)
-        with torch.autocast(input1.device.type, enabled=False):
-            out = ops.correlate_volume(input1, input2, g, scale, budget)
-    else:
-        out, g = _correlate_eager(
-            input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch, normalize, flatten,
-            memory_budget, plan,
-        )
+    checks.check_bool("flatten", flatten)
+    input1, input2 = prepare_inputs(input1, input2)
+    g = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    scale = normalization_scale(normalize, g.channels, g.kernel_volume)
+    out = cost_volume(input1, input2, g, scale, memory_budget, plan)
     if flatten:
         out = out.reshape(g.batch, g.num_displacements, *g.out_size)
     return out
 
 
-# A given Plan cannot be an operator argument: under torch.compile such a call runs eagerly
-# (one graph break), as does a memory_budget of a type correlate() refuses (to raise its error).
-@torch.compiler.disable
-def _correlate_eager(
-    input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch, normalize, flatten, memory_budget,
-    plan,
-) -> tuple[torch.Tensor, Geometry]:
-    """The eager :func:`correlate`: the 5-D volume and its geometry."""
-    checks.check_bool("flatten", flatten)
-    input1, input2 = prepare_inputs(input1, input2)
-    geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
-    plan = resolve_plan(geometry, input1, input2, memory_budget, plan)
-    g = plan.geometry
-    scale = normalization_scale(normalize, g.channels, g.kernel_volume)
-    check_output_fits(plan, input1.device)
+def cost_volume(
+    input1: torch.Tensor, input2: torch.Tensor, geometry: Geometry, scale: float, memory_budget: BudgetLike,
+    plan: Plan | None = None,
+) -> torch.Tensor:
+    """The differentiable volume ``(B, *patch, *out_size)`` of validated inputs (for :func:`correlate` and the shims).
+
+    Under ``torch.compile`` it is the custom operator ``tiledcorr::correlate``
+    (:mod:`tiledcorr.ops`), which plans at run time; otherwise, and for a given
+    ``plan`` (not an operator argument) or a ``memory_budget`` of a refused
+    type (to raise its error), the eager autograd Function.
+    """
+    budget = ops.encode_budget(memory_budget)
     with torch.autocast(input1.device.type, enabled=False):
-        out = CorrelationFunction.apply(input1, input2, plan, scale)
-    return out, g
+        if torch.compiler.is_compiling() and plan is None and budget is not None:
+            return ops.correlate_volume(input1, input2, geometry, scale, budget)
+        return _cost_volume_eager(input1, input2, geometry, scale, memory_budget, plan)
+
+
+@torch.compiler.disable
+def _cost_volume_eager(input1, input2, geometry: Geometry, scale: float, memory_budget: BudgetLike, plan: Plan | None):
+    plan = resolve_plan(geometry, input1, input2, memory_budget, plan)
+    check_output_fits(plan, input1.device)
+    return CorrelationFunction.apply(input1, input2, plan, scale)
 
 
 def _repr_args(module: nn.Module, names: tuple[str, ...], defaults: dict[str, Any]) -> str:

@@ -16,13 +16,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .. import checks, ops
-from ..autograd import CorrelationFunction
+from .. import checks
 from ..errors import ArgumentValueError
 from ..geometry import Geometry
-from ..planner import check_output_fits
 from ..typing import BudgetLike
-from ..volume import _repr_args, normalization_scale, prepare_inputs, resolve_plan
+from ..volume import _repr_args, cost_volume, normalization_scale, prepare_inputs
 
 
 def check_flownet_args(
@@ -128,21 +126,8 @@ def flownet_correlation(
     input1, input2 = prepare_inputs(input1, input2, spatial_dims=(2,))
     geometry = flownet_geometry(input1.shape, pad_size, kernel_size, max_displacement, stride1, stride2)
     scale = normalization_scale("kernel_channels", geometry.channels, geometry.kernel_volume)
-    budget = ops.encode_budget(memory_budget)
-    if torch.compiler.is_compiling() and budget is not None:  # planning inside the operator (tiledcorr.ops)
-        with torch.autocast(input1.device.type, enabled=False):
-            out = ops.correlate_volume(input1, input2, geometry, scale, budget)
-    else:
-        out = _volume_eager(input1, input2, geometry, scale, memory_budget)
+    out = cost_volume(input1, input2, geometry, scale, memory_budget)
     return out.reshape(geometry.batch, geometry.num_displacements, *geometry.out_size)
-
-
-@torch.compiler.disable
-def _volume_eager(input1, input2, geometry: Geometry, scale: float, memory_budget: BudgetLike) -> torch.Tensor:
-    plan = resolve_plan(geometry, input1, input2, memory_budget, None)
-    check_output_fits(plan, input1.device)
-    with torch.autocast(input1.device.type, enabled=False):
-        return CorrelationFunction.apply(input1, input2, plan, scale)
 
 
 class FlowNetCorrelation(nn.Module):
