@@ -2,8 +2,9 @@
 
 A fresh multi-megabyte tensor is a new ``mmap`` whose pages fault in on first
 touch, one 4 KiB page at a time. For a cost volume that is a large share of
-the call: on the development machine, writing a fresh 82 MB output cost
-44 ms of page faults against 7 ms for the writes themselves. With
+the call: on the development machine, writing a fresh 83 MB tensor took
+25-47 ms against 6-9 ms for an existing one, and 9-15 ms with the advice
+(``profiling/stage_breakdown.py``). With
 ``madvise(MADV_HUGEPAGE)`` the kernel faults in 2 MiB at a time (PyTorch's
 own ``THP_MEM_ALLOC_ENABLE`` does the same for every allocation, but it is
 read once, before a library can set it).

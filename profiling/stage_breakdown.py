@@ -1,0 +1,115 @@
+"""Where a forward's time goes: each stage's share, measured by switching it off.
+
+For each benchmark configuration (``profiling/bench.py``'s list) and the plan a
+default call gets, times the forward round-robin with
+
+* everything (``full``);
+* the band copy into the cost volume replaced by nothing (``no sink``);
+* also the matmuls replaced by nothing (``no bmm``);
+* also the input2 region gathers replaced by nothing (``no gather``),
+
+and prints each stage as the difference of consecutive medians, with the band
+copy's cost per output element next to a ``memcpy`` of the volume. Then it
+times writing a freshly allocated tensor of the volume's size against writing
+an existing one, with and without huge-page advice (page faults).
+The results are only meaningful as a breakdown of one run.
+
+Usage: ``python profiling/stage_breakdown.py [--only large,larger] [--repeat 7]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import CONFIGS  # noqa: E402
+
+import tiledcorr  # noqa: E402
+from tiledcorr import engine, hugepages  # noqa: E402
+
+
+@contextmanager
+def switched_off(level: int):
+    """Replace the last ``level`` stages (sink, bmm, region gather) by no-ops."""
+    saved = engine.OutputSink.consume, torch.bmm, engine._Context.gather_x2
+    try:
+        if level >= 1:
+            engine.OutputSink.consume = lambda self, tile, band: None
+        if level >= 2:
+            torch.bmm = lambda *args, **kwargs: None
+        if level >= 3:
+            engine._Context.gather_x2 = lambda self, tile, extent: self.ws.view(
+                "x2", tile.batch, len(self.offsets), self.geometry.channels, *extent)
+        yield
+    finally:
+        engine.OutputSink.consume, torch.bmm, engine._Context.gather_x2 = saved
+
+
+def medians(calls: dict, repeat: int) -> dict:
+    times = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def breakdown(name: str, repeat: int) -> None:
+    shape, kw = CONFIGS[name]
+    x1, x2 = torch.randn(shape), torch.randn(shape)
+    plan = tiledcorr.plan(shape, **kw)
+
+    def at(level: int):
+        def run():
+            with switched_off(level):
+                tiledcorr.correlate(x1, x2, plan=plan, **kw)
+        return run
+
+    volume = torch.empty(plan.geometry.out_shape)
+    copy = torch.empty_like(volume)
+    m = medians({"full": at(0), "no sink": at(1), "no bmm": at(2), "no gather": at(3),
+                 "memcpy": lambda: copy.copy_(volume)}, repeat)
+    n = volume.numel()
+    t = plan.tiling
+    print(f"{name}: {plan.strategy}, tile {t.tile}, displacements {t.disp_tile}; forward {m['full'] * 1e3:.1f} ms")
+    print(f"  band copy into the volume  {(m['full'] - m['no sink']) * 1e3:6.1f} ms  "
+          f"({(m['full'] - m['no sink']) / n * 1e9:.2f} ns per element; memcpy of the volume {m['memcpy'] / n * 1e9:.2f})")
+    print(f"  bmm                        {(m['no sink'] - m['no bmm']) * 1e3:6.1f} ms")
+    print(f"  input2 region gathers      {(m['no bmm'] - m['no gather']) * 1e3:6.1f} ms")
+    print(f"  the rest                   {m['no gather'] * 1e3:6.1f} ms")
+
+    def fresh(advise: bool):
+        def run():
+            out = torch.empty(n)
+            if advise:
+                hugepages.advise(out)
+            out.fill_(1.0)
+        return run
+
+    m = medians({"fresh": fresh(False), "fresh, huge pages": fresh(True), "existing": lambda: copy.fill_(1.0)}, repeat)
+    print(f"  writing {n * 4 / 1e6:.0f} MB: fresh {m['fresh'] * 1e3:.1f} ms, fresh with huge-page advice "
+          f"{m['fresh, huge pages'] * 1e3:.1f} ms, existing {m['existing'] * 1e3:.1f} ms")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="large,larger")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args(argv)
+    for name in args.only.split(","):
+        breakdown(name, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
