@@ -21,7 +21,7 @@ import torch
 
 from . import checks
 from .budget import format_bytes, free_memory, resolve_budget
-from .engine import STRATEGIES, RowMatmul, Tiling, compute_dtype, workspace_elements
+from .engine import STRATEGIES, RowMatmul, Tiling, compute_dtype, stacked_window_rows, workspace_elements
 from .errors import ArgumentValueError, MemoryBudgetError, ShapeError
 from .geometry import Geometry, count_spans
 
@@ -413,7 +413,11 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     Z_row = Bt * E[:, 0] * lead_disp * cols * width
     x1_padded = Bt * K * (rows + 2 * (lead_disp - 1)) * cols
     if stacked:
-        g2_s = 2 * Z_row * K / (model.matmul_flops * eff(lead_disp * cols) * eff(width) * eff(K)) + Bt * E[:, 0] * model.gemm_overhead
+        # Only the window rows inside the tile are multiplied (engine.stacked_groups).
+        pairs, inverse = np.unique(np.stack([rows, lead_disp], 1).astype(np.int64), axis=0, return_inverse=True)
+        window_rows = np.array([stacked_window_rows(int(r), int(j)) for r, j in pairs], dtype=np.float64)[inverse.ravel()]
+        Z_mm = Bt * window_rows * cols * width
+        g2_s = 2 * Z_mm * K / (model.matmul_flops * eff(lead_disp * cols) * eff(width) * eff(K)) + Bt * E[:, 0] * model.gemm_overhead
         g2_bytes = band_bytes + elem * (Z_row + x1_padded)
     else:
         g2_s = 2 * Y_row * K / (model.matmul_flops * eff(cols) * eff(width) * eff(K)) + lead_disp * row_calls

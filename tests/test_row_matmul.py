@@ -1,0 +1,82 @@
+"""The row_matmul strategy's backward pieces: grouped stacked gradient, zero-once buffers, chunked transposes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import tiledcorr
+from tiledcorr import engine
+from tiledcorr.engine import Tiling, stacked_groups, stacked_window_rows
+from tiledcorr.reference import correlate_reference
+
+from support import assert_matches_reference
+
+
+@pytest.mark.parametrize("rows, lead_disp", [(1, 1), (1, 9), (3, 9), (9, 3), (24, 21), (96, 41), (5, 40), (40, 5)])
+def test_stacked_groups_cover_every_in_tile_product_once(rows, lead_disp):
+    extent = rows + lead_disp - 1
+    covered = torch.zeros(extent, lead_disp, dtype=torch.int64)
+    for e0, e1, w0, w1 in stacked_groups(rows, lead_disp):
+        assert 0 <= e0 < e1 <= extent and 0 <= w0 < w1 <= lead_disp
+        covered[e0:e1, w0:w1] += 1
+    # Window row w of region row e is position row e + w - (J1 - 1).
+    e, w = torch.meshgrid(torch.arange(extent), torch.arange(lead_disp), indexing="ij")
+    inside = (e + w - (lead_disp - 1) >= 0) & (e + w - (lead_disp - 1) < rows)
+    assert (covered[inside] == 1).all(), "an in-tile product is missing or counted twice"
+    assert (covered <= 1).all()
+    assert stacked_window_rows(rows, lead_disp) == int(covered.sum())
+    assert stacked_window_rows(rows, lead_disp) <= extent * lead_disp
+
+
+def test_grouping_cuts_the_zero_products_on_the_benchmark_tiles():
+    for rows, lead_disp in [(24, 21), (96, 41), (64, 31)]:
+        assert stacked_window_rows(rows, lead_disp) <= 1.25 * rows * lead_disp < (rows + lead_disp - 1) * lead_disp
+
+
+# Tilings with rows below, equal to and above the leading displacements, several
+# tiles of each shape (zero-once buffers reused) and edge tiles of another shape.
+TILINGS = [(1, 4), (3, 5), (7, 7), (11, 3), (4, 13)]
+
+
+@pytest.mark.parametrize("tile", TILINGS)
+@pytest.mark.parametrize("kw", [dict(patch_size=7), dict(patch_size=(9, 5), padding=2), dict(patch_size=5, dilation_patch=2)])
+def test_forced_row_tilings_match_reference(tile, kw):
+    shape = (2, 3, 13, 11)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(2))
+    base = tiledcorr.plan(shape, dtype=torch.float64, strategy="row_matmul", requires_grad=True, memory_budget="1GiB", **kw)
+    p = dataclasses.replace(base, tiling=Tiling("row_matmul", 1, tile, base.tiling.disp_tile))
+    assert p.passes > 2
+    assert engine.RowMatmul.stacked_grad2(p.geometry)
+    assert_matches_reference(
+        lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw), lambda a, b: correlate_reference(a, b, **kw),
+        x1, x2, rtol=1e-10, atol=1e-10,
+    )
+
+
+def test_zeroed_view_rezeroes_after_a_plain_view_or_another_key():
+    ws = engine.Workspace({"y": 12}, torch.float64, torch.device("cpu"))
+    a = ws.zeroed_view("y", "k", 3, 4)
+    assert (a == 0).all()
+    a[0, 0] = 5.0  # the caller's band
+    assert ws.zeroed_view("y", "k", 3, 4)[0, 0] == 5.0  # same key: not re-zeroed
+    ws.view("y", 12).fill_(7.0)  # a plain view may write anything
+    assert (ws.zeroed_view("y", "k", 3, 4) == 0).all()
+    ws.zeroed_view("y", "k", 3, 4)[1, 1] = 1.0
+    assert (ws.zeroed_view("y", "other", 2, 6) == 0).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_transpose_band_equals_copy(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        src = torch.randn(1, 9, 7, 40, 33)  # (Bt, J1, J2, U1, U2), volume order
+        dst = torch.empty(1, 40, 33, 9, 7)
+        engine.transpose_band(engine.swap_band_order(dst, 2), src, 1)
+        assert torch.equal(engine.swap_band_order(dst, 2), src)
+    finally:
+        torch.set_num_threads(previous)
