@@ -12,9 +12,15 @@ and prints each stage as the difference of consecutive medians, with the band
 copy's cost per output element next to a ``memcpy`` of the volume. Then it
 times writing a freshly allocated tensor of the volume's size against writing
 an existing one, with and without huge-page advice (page faults).
-The results are only meaningful as a breakdown of one run.
 
-Usage: ``python profiling/stage_breakdown.py [--only large,larger] [--repeat 7]``
+With ``--backward`` it profiles instead ``--repeat`` forward+backward steps of
+the plan a call with ``requires_grad`` inputs gets (``torch.profiler``, after
+two warm-up steps) and prints each kind of operation's share of the step:
+the matmuls, the copies (band transposes, gathers), the fills, the
+accumulations. The profiler adds its own overhead, so these are shares, not
+timings. The results are only meaningful as a breakdown of one run.
+
+Usage: ``python profiling/stage_breakdown.py [--only large,larger] [--repeat 7] [--backward]``
 """
 
 from __future__ import annotations
@@ -101,13 +107,50 @@ def breakdown(name: str, repeat: int) -> None:
           f"{m['fresh, huge pages'] * 1e3:.1f} ms, existing {m['existing'] * 1e3:.1f} ms")
 
 
+#: aten operations grouped into the stages of a forward+backward step.
+OP_KINDS = {"aten::bmm": "matmuls (bmm)", "aten::copy_": "copies (band transposes, gathers)",
+            "aten::fill_": "fills (zeroed buffers, accumulators)", "aten::add_": "accumulations into the gradients"}
+
+
+def backward_breakdown(name: str, repeat: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    shape, kw = CONFIGS[name]
+    x1, x2 = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+    plan = tiledcorr.plan(shape, requires_grad=True, **kw)
+    grad = torch.randn(plan.geometry.out_shape)
+
+    def step():
+        tiledcorr.correlate(x1, x2, **kw).backward(grad)
+        x1.grad = x2.grad = None
+
+    for _ in range(2):
+        step()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeat):
+            step()
+    wall = (time.perf_counter() - start) / repeat
+    shares: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = OP_KINDS.get(event.key, "the rest (other ops, Python)")
+        shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
+    total = sum(shares.values())
+    t = plan.tiling
+    print(f"{name}: {plan.strategy}, tile {t.tile}, displacements {t.disp_tile}; "
+          f"forward+backward {wall * 1e3:.1f} ms per step under the profiler")
+    for kind, us in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<40} {100 * us / total:5.1f}%")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="large,larger")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--backward", action="store_true", help="profile forward+backward steps by kind of operation")
     args = parser.parse_args(argv)
     for name in args.only.split(","):
-        breakdown(name, args.repeat)
+        (backward_breakdown if args.backward else breakdown)(name, args.repeat)
     return 0
 
 
