@@ -631,10 +631,11 @@ class RowMatmul:
 
     @staticmethod
     def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, extent, rows: _Rows, grad2, shape_key: Hashable) -> None:
-        """Input2's gradient over the region as one bmm per batch item (2-D, ``m1 == 1``).
+        """Input2's gradient over the region as a few bmms per batch item (2-D, ``m1 == 1``).
 
         Region row ``e`` receives from the ``J1`` position rows ``a = e - j``
-        (displacement ``j``); stacking those rows makes it one matmul:
+        (displacement ``j``); stacking those rows makes it one matmul (done for
+        groups of region rows over the window rows inside the tile, :func:`stacked_groups`):
         ``G2[e] (K x EW) = [X1 rows e-J1+1 .. e] (K x J1*UW) @ Z[e] (J1*UW x EW)``,
         with ``Z[e, J1-1-j, b, b*mW + jW] = grad[j, jW, e-j, b]`` (zero elsewhere)
         and input1's rows zero-padded by ``J1 - 1`` at both ends.
