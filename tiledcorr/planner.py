@@ -363,6 +363,10 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     classes = [geometry.lattice(d).step for d in range(N)]
     u_max = [max(1, -(-o // t)) for o, t in zip(geometry.out_size, classes)]
     per_dim_u = [_size_candidates(u, cap) for u in u_max]
+    # row_matmul's column tiles should be whole vectors (see below): offer the
+    # candidates rounded up to one too.
+    lanes = max(1, model.vector_bytes // elem)
+    per_dim_u[-1] = sorted(set(per_dim_u[-1]) | {min(u_max[-1], -(-v // lanes) * lanes) for v in per_dim_u[-1]})
     per_dim_j = [_size_candidates(P, cap) for P in geometry.patch]
     batches = _size_candidates(max(1, geometry.batch), 6)
     strategies = [only] if only else list(STRATEGIES)
@@ -393,7 +397,10 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     which = lambda name: s_idx == strategies.index(name) if name in strategies else np.zeros(len(grid), bool)  # noqa: E731
     is_mm, is_row = which("tile_matmul"), which("row_matmul")
 
-    mm_rate = model.matmul_flops * eff(T) * eff(R) * eff(K)
+    # Positions along the last dimension are the unit-stride runs of the band
+    # and of the matmul's rows: a partial last vector is paid in full (below).
+    whole_vectors = lambda n: n / (np.ceil(n / lanes) * lanes)  # noqa: E731
+    mm_rate = model.matmul_flops * eff(T) * eff(R) * eff(K) * whole_vectors(U[:, N - 1])
     mm_fwd = 2 * Bt * T * R * K / mm_rate + (gather_bytes + band_bytes + elem * Bt * T * R) / model.bandwidth
     mm_bwd = 2 * (2 * Bt * T * R * K / mm_rate) + (2 * gather_bytes + 2 * band_bytes + 3 * elem * Bt * T * R) / model.bandwidth
     ew = 4 * elem * Bt * K * T / model.bandwidth + model.copy_overhead  # one elementwise pass
@@ -405,10 +412,14 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     columns = J[:, : N - 1].prod(1) * width
     Y_row = Bt * rows * cols * columns
     # The matmul's narrow dimension (UN positions) fills vectors of `lanes`
-    # elements; a partial last vector is paid in full. On the development
-    # machine a large backward with 13 columns took 150 ms, with 16 columns 110 ms.
-    lanes = max(1, model.vector_bytes // elem)
-    cols_eff = eff(cols) * cols / (np.ceil(cols / lanes) * lanes)
+    # elements, and each row of the band is that many volume elements: column
+    # tiles that are not whole vectors ran far slower than the model's flops
+    # and bytes say (development machine: a patch-31 backward 150 ms with 13
+    # columns against 110 ms with 16; 4x128x96x96 patch 41, 824 ms with 14,
+    # 568 ms with 16). They are only allowed as the whole width, and a
+    # partial last vector is paid in full.
+    cols_eff = eff(cols) * whole_vectors(cols)
+    partial_vectors = is_row & (cols % lanes != 0) & (cols < u_max[-1])
     row_rate = model.matmul_flops * cols_eff * eff(columns) * eff(K)
     row_calls = Bt * rows * model.gemm_overhead
     row_fwd = 2 * Y_row * K / row_rate + row_calls + (gather_bytes + band_bytes) / model.bandwidth
@@ -433,6 +444,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
         + (2 * gather_bytes + band_bytes + g2_bytes + elem * (Y_row + Bt * K * R)) / model.bandwidth
     )
     invalid = is_row & (U[:, 1 : N - 1] != 1).any(1)  # RowMatmul tiles a volume's middle dimension one by one
+    invalid |= partial_vectors
 
     fwd_s = tiles * (np.select([is_mm, is_row], [mm_fwd, row_fwd], sh_fwd) + overhead)
     bwd_s = tiles * (np.select([is_mm, is_row], [mm_bwd, row_bwd], sh_bwd) + 2 * overhead)
