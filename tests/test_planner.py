@@ -180,3 +180,17 @@ def test_row_matmul_column_tiles_fill_whole_vectors(shape, kw):
     for requires_grad in (False, True):
         p = tiledcorr.plan(shape, requires_grad=requires_grad, **kw)
         assert p.strategy == "row_matmul" and p.tiling.tile[-1] % 16 == 0, p.tiling
+
+
+def test_planning_itself_stays_small():
+    """Scoring a few hundred thousand candidate tilings at once took 24-65 MiB; chunks keep it to a few."""
+    import tracemalloc
+
+    planner._cached_plan.cache_clear()
+    tracemalloc.start()
+    try:
+        tiledcorr.plan((4, 128, 96, 96), patch_size=41, requires_grad=True, memory_budget="64MiB")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 * 2**20, peak

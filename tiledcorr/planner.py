@@ -302,13 +302,24 @@ def _cached_plan(
     model = DEVICE_MODELS.get(device_type, DEVICE_MODELS["cpu"])
     elem = torch.empty((), dtype=compute_dtype(dtype)).element_size()
     out_elem = torch.empty((), dtype=dtype).element_size()
-    cands = _candidates(geometry, elem, model, strategy)
     grads = _accumulator_bytes(geometry, dtype)
-    band, positions = cands["band_elements"], cands["position_elements"]
-    fwd_sink, bwd_sink = sink_cost.bytes(band, positions, backward=False), sink_cost.bytes(band, positions, backward=True)
-    fwd_bytes, bwd_bytes = cands["fwd_bytes"] + fwd_sink, cands["bwd_bytes"] + grads + bwd_sink
-    need = np.maximum(fwd_bytes, bwd_bytes) if requires_grad else fwd_bytes
-    seconds = cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0)
+    # Candidates are scored in chunks: the model's temporaries for all of them
+    # at once (up to a few hundred thousand tilings, dozens of float64 arrays)
+    # took 24-65 MiB, more than many plans' workspace, on the first call of a shape.
+    def score(rows: slice) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates ``rows``: their arrays, workspace needed, seconds, and the sink's bytes forward and backward."""
+        cands = _candidates(geometry, elem, model, strategy, rows=rows)
+        band, positions = cands["band_elements"], cands["position_elements"]
+        fwd_sink, bwd_sink = sink_cost.bytes(band, positions, backward=False), sink_cost.bytes(band, positions, backward=True)
+        fwd_bytes, bwd_bytes = cands["fwd_bytes"] + fwd_sink, cands["bwd_bytes"] + grads + bwd_sink
+        need = np.maximum(fwd_bytes, bwd_bytes) if requires_grad else fwd_bytes
+        return cands, need, cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0), fwd_sink, bwd_sink
+
+    count = _candidates(geometry, elem, model, strategy, rows=slice(0, 0))["count"]
+    need, seconds = np.empty(count), np.empty(count)
+    for start in range(0, count, _CHUNK):
+        chunk = slice(start, min(count, start + _CHUNK))
+        _, need[chunk], seconds[chunk], _, _ = score(chunk)
     valid = np.isfinite(seconds)  # some strategies cannot run some tile shapes
     fits = valid & (need <= budget)
     if not fits.any():
@@ -322,12 +333,13 @@ def _cached_plan(
     best = seconds[fits].min()
     ok = np.flatnonzero(fits & (seconds <= best * EQUALLY_FAST))
     choice = ok[np.lexsort((seconds[ok], need[ok]))[0]]
+    cands, _, _, fwd_sink, bwd_sink = score(slice(int(choice), int(choice) + 1))
     tiling = cands["tiling"](int(choice))
     naive = geometry.batch * geometry.channels * geometry.kernel_volume * geometry.num_displacements * geometry.num_positions * out_elem
     return Plan(
         geometry=geometry, dtype=dtype, device_type=device_type, tiling=tiling, budget_bytes=budget,
-        forward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=False) + int(fwd_sink[choice]),
-        backward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=True) + grads + int(bwd_sink[choice]),
+        forward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=False) + int(np.sum(fwd_sink)),
+        backward_workspace_bytes=_workspace_bytes(geometry, tiling, elem, backward=True) + grads + int(np.sum(bwd_sink)),
         output_bytes=math.prod(geometry.out_shape) * out_elem, naive_bytes=naive,
         predicted_seconds=float(seconds[choice]), requires_grad=requires_grad, sink_cost=sink_cost,
     )
@@ -356,8 +368,22 @@ def _size_candidates(limit: int, cap: int) -> list[int]:
     return values
 
 
-def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | None) -> dict[str, Any]:
-    """Every candidate tiling with its predicted workspace and time (vectorised)."""
+#: Candidate tilings scored at once (bounds the planner's own temporary memory).
+_CHUNK = 8192
+
+
+def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | None, rows: slice | None = None) -> dict[str, Any]:
+    """Candidate tilings with their predicted workspace and time (vectorised).
+
+    Args:
+        rows: which candidates, as a slice of their flat index (default: all).
+
+    Returns:
+        ``count`` (how many candidates there are in all), ``tiling(i)`` (the
+        tiling of candidate ``i``, a flat index), and for the candidates in
+        ``rows`` the arrays ``fwd_bytes``, ``bwd_bytes``, ``fwd_s``, ``bwd_s``,
+        ``band_elements``, ``position_elements``.
+    """
     N = geometry.ndim
     cap = 12 if N <= 2 else 5
     classes = [geometry.lattice(d).step for d in range(N)]
@@ -371,8 +397,20 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     batches = _size_candidates(max(1, geometry.batch), 6)
     strategies = [only] if only else list(STRATEGIES)
 
-    axes = [np.arange(len(strategies)), batches, *per_dim_u, *per_dim_j]
-    grid = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")], axis=1).astype(np.float64)
+    axes = [np.asarray(a, dtype=np.float64) for a in (np.arange(len(strategies)), batches, *per_dim_u, *per_dim_j)]
+    sizes = tuple(len(a) for a in axes)
+    count = math.prod(sizes)
+
+    def grid_rows(flat: np.ndarray) -> np.ndarray:
+        """The candidates' coordinates ``(strategy, Bt, *U, *J)``, one row each."""
+        return np.stack([a[i] for a, i in zip(axes, np.unravel_index(flat, sizes))], axis=1)
+
+    def tiling(i: int) -> Tiling:
+        row = grid_rows(np.array([i]))[0]
+        return Tiling(strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))
+
+    start, stop, _ = (rows or slice(None)).indices(count)
+    grid = grid_rows(np.arange(start, stop))
     s_idx, Bt = grid[:, 0], grid[:, 1]
     U, J = grid[:, 2 : 2 + N], grid[:, 2 + N : 2 + 2 * N]
     m = np.array([geometry.lattice(d).region_step for d in range(N)], dtype=np.float64)
@@ -460,12 +498,8 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
         [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_row + (Z_row + x1_padded if stacked else 0)],
         2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T,
     )
-    def tiling(i: int) -> Tiling:
-        row = grid[i]
-        return Tiling(strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))
-
-    return {"tiling": tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem, "fwd_s": fwd_s, "bwd_s": bwd_s,
-            "band_elements": Bt * Jp * T, "position_elements": Bt * T}
+    return {"count": count, "tiling": tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem,
+            "fwd_s": fwd_s, "bwd_s": bwd_s, "band_elements": Bt * Jp * T, "position_elements": Bt * T}
 
 
 def check_output_fits(plan_: Plan, device: torch.device) -> None:
