@@ -16,9 +16,9 @@ Method: fixed seed; one warm-up call on a small input (same code paths: it
 settles the thread pool and first-use allocations without doubling the run
 time), then the measured call, run once (the machine is shared: a single
 run, no median; say so next to the figure), then the same call again: the
-first call of a shape in a process measures several MiB more than the
-planned workspace on CPU (the matmul library's first-use scratch, see
-``docs/profiling.md``), the repeat shows the steady state.
+first call of a shape in a process also plans it (a few MiB of the
+planner's own temporaries, see ``docs/profiling.md``), the repeat shows the
+steady state.
 
 Usage::
 
