@@ -194,3 +194,15 @@ def test_planning_itself_stays_small():
     finally:
         tracemalloc.stop()
     assert peak < 12 * 2**20, peak
+
+
+@pytest.mark.parametrize("budget", ["256KiB", "4MiB", "1GiB"])
+def test_chunked_scoring_picks_what_scoring_all_at_once_picks(monkeypatch, budget):
+    shape, kw = (2, 8, 30, 26), dict(patch_size=9, dilation_patch=2)
+    whole = []
+    for chunk in (10**9, 97):  # one chunk, then many (not a divisor of the candidate count)
+        monkeypatch.setattr(planner, "_CHUNK", chunk)
+        planner._cached_plan.cache_clear()
+        whole.append(tiledcorr.plan(shape, memory_budget=budget, requires_grad=True, **kw))
+    assert whole[0] == whole[1]
+    planner._cached_plan.cache_clear()
