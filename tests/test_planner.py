@@ -206,3 +206,12 @@ def test_chunked_scoring_picks_what_scoring_all_at_once_picks(monkeypatch, budge
         whole.append(tiledcorr.plan(shape, memory_budget=budget, requires_grad=True, **kw))
     assert whole[0] == whole[1]
     planner._cached_plan.cache_clear()
+
+
+def test_narrow_row_tiles_remain_for_tight_budgets():
+    """Partial-vector column tiles cost more, but a budget that fits nothing wider still gets one."""
+    shape, kw = (1, 64, 40, 40), dict(patch_size=21, strategy="row_matmul")
+    with pytest.raises(tiledcorr.MemoryBudgetError) as info:
+        tiledcorr.plan(shape, memory_budget=1, **kw)
+    p = tiledcorr.plan(shape, memory_budget=info.value.minimum_bytes, **kw)
+    assert p.strategy == "row_matmul" and p.tiling.tile[-1] < 16

@@ -454,10 +454,12 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     # tiles that are not whole vectors ran far slower than the model's flops
     # and bytes say (development machine: a patch-31 backward 150 ms with 13
     # columns against 110 ms with 16; 4x128x96x96 patch 41, 824 ms with 14,
-    # 568 ms with 16). They are only allowed as the whole width, and a
-    # partial last vector is paid in full.
+    # 565 ms with 16, and 8 to 32 columns 1.1-1.7x the time of 16). A partial
+    # last vector is paid in full, and such tiles (other than the whole width)
+    # cost 1.5x: still valid, for budgets that fit nothing wider.
     cols_eff = eff(cols) * whole_vectors(cols)
     partial_vectors = is_row & (cols % lanes != 0) & (cols < u_max[-1])
+    PARTIAL_VECTOR_COST = 1.5
     row_rate = model.matmul_flops * cols_eff * eff(columns) * eff(K)
     row_calls = Bt * rows * model.gemm_overhead
     row_fwd = 2 * Y_row * K / row_rate + row_calls + (gather_bytes + band_bytes) / model.bandwidth
@@ -482,10 +484,11 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
         + (2 * gather_bytes + band_bytes + g2_bytes + elem * (Y_row + Bt * K * R)) / model.bandwidth
     )
     invalid = is_row & (U[:, 1 : N - 1] != 1).any(1)  # RowMatmul tiles a volume's middle dimension one by one
-    invalid |= partial_vectors
 
     fwd_s = tiles * (np.select([is_mm, is_row], [mm_fwd, row_fwd], sh_fwd) + overhead)
     bwd_s = tiles * (np.select([is_mm, is_row], [mm_bwd, row_bwd], sh_bwd) + 2 * overhead)
+    fwd_s[partial_vectors] *= PARTIAL_VECTOR_COST
+    bwd_s[partial_vectors] *= PARTIAL_VECTOR_COST
     fwd_s[invalid] = bwd_s[invalid] = np.inf
     # Buffer sizes, mirroring each strategy's ``buffers`` (checked by the tests).
     fwd_elems = np.select(
