@@ -80,14 +80,22 @@ def _proc_status(key: str) -> int:
     raise KeyError(key)
 
 
+def _file_rss() -> int:
+    """Resident bytes backed by files (0 on kernels older than 4.5, which do not report it)."""
+    try:
+        return _proc_status("RssFile")
+    except KeyError:
+        return 0
+
+
 def _cpu_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     _tune_malloc()
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        base, base_file = _proc_status("VmRSS"), _proc_status("RssFile")
+        base, base_file = _proc_status("VmRSS"), _file_rss()
         result = fn()
-        file_pages = max(0, _proc_status("RssFile") - base_file)
+        file_pages = max(0, _file_rss() - base_file)
         return result, max(0, _proc_status("VmHWM") - base - file_pages)
     except OSError:
         return _sampled_peak(fn)
