@@ -74,6 +74,11 @@ class Tile:
     def displacements(self) -> tuple[int, ...]:
         return tuple(s.disp_count for s in self.spans)
 
+    @property
+    def shape(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """Batch items, positions and displacements: tiles of one shape use the same buffer views."""
+        return self.batch, self.positions, self.displacements
+
 
 def iter_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
     """All tiles of a plan; together they cover every output element exactly once."""
@@ -185,6 +190,9 @@ class Workspace:
     def view(self, name: str, *shape: int) -> torch.Tensor:
         """The buffer's first ``prod(shape)`` elements; the caller may write any of them."""
         self._zeroed_for.pop(name, None)
+        return self._prefix(name, shape)
+
+    def _prefix(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         return self._flat[name][: math.prod(shape)].view(shape)
 
     def zeroed_view(self, name: str, key: Hashable, *shape: int) -> torch.Tensor:
@@ -196,7 +204,7 @@ class Workspace:
         written it since, not at every tile: for the backward's band-shaped
         buffers the zeroing cost as much as a third of the band copies.
         """
-        buf = self._flat[name][: math.prod(shape)].view(shape)
+        buf = self._prefix(name, shape)
         if self._zeroed_for.get(name) != key:
             buf.zero_()
             self._zeroed_for[name] = key
@@ -383,7 +391,7 @@ class TileMatmul:
         g, N = ctx.geometry, ctx.geometry.ndim
         extent = region_extent(g, tile.positions, tile.displacements)
         T, R = math.prod(tile.positions), math.prod(extent)
-        gy = ctx.ws.zeroed_view("y", (tile.batch, tile.positions, tile.displacements), tile.batch, T, R)
+        gy = ctx.ws.zeroed_view("y", tile.shape, tile.batch, T, R)
         band = _y_band(gy.view(tile.batch, *tile.positions, *extent), g, tile)
         transpose_band(band, swap_band_order(grad_band, N), 1 + N)
         if grad1 is not None:
@@ -592,9 +600,8 @@ class RowMatmul:
         rows = _rows(g, tile.positions, tile.displacements)
         extent = rows.extent
         stacked = RowMatmul.stacked_grad2(g)
-        shape_key = (tile.batch, tile.positions, tile.displacements)
         if grad1 is not None or (grad2 is not None and not stacked):
-            gy = ctx.ws.zeroed_view("y", shape_key, tile.batch, rows.rows, rows.cols, rows.columns)
+            gy = ctx.ws.zeroed_view("y", tile.shape, tile.batch, rows.rows, rows.cols, rows.columns)
             gy_band = RowMatmul._band(gy, g, tile, rows)
             transpose_band(gy_band, swap_band_order(grad_band, N), 1 + N)
             # The one transpose of the gradient (volume order to position-major);
@@ -616,7 +623,7 @@ class RowMatmul:
             )
             ctx.scatter_g1(grad1, tile, view)
         if grad2 is not None and stacked:
-            RowMatmul._grad2_stacked(ctx, tile, grad_band, extent, rows, grad2, shape_key)
+            RowMatmul._grad2_stacked(ctx, tile, grad_band, extent, rows, grad2)
         elif grad2 is not None:
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_()
             per_row = rows.columns // rows.lead_disp  # one lead displacement's block: J2..J(N-1) x EN
@@ -630,7 +637,7 @@ class RowMatmul:
             ctx.scatter_g2(grad2, tile, g2, extent)
 
     @staticmethod
-    def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, extent, rows: _Rows, grad2, shape_key: Hashable) -> None:
+    def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, extent, rows: _Rows, grad2) -> None:
         """Input2's gradient over the region as a few bmms per batch item (2-D, ``m1 == 1``).
 
         Region row ``e`` receives from the ``J1`` position rows ``a = e - j``
@@ -643,10 +650,10 @@ class RowMatmul:
         g = ctx.geometry
         K, (U1, UW), J1, (E1, EW) = len(ctx.offsets) * g.channels, tile.positions, rows.lead_disp, extent
         padded_rows = U1 + 2 * (J1 - 1)
-        x1p = ctx.ws.zeroed_view("x1_padded", shape_key, tile.batch, K, padded_rows, UW)
+        x1p = ctx.ws.zeroed_view("x1_padded", tile.shape, tile.batch, K, padded_rows, UW)
         inside = x1p.view(tile.batch, len(ctx.offsets), g.channels, padded_rows, UW)[:, :, :, J1 - 1 : J1 - 1 + U1]
         ctx.gather_x1(tile, out=inside)
-        z = ctx.ws.zeroed_view("z", shape_key, tile.batch, E1, J1, UW, EW)
+        z = ctx.ws.zeroed_view("z", tile.shape, tile.batch, E1, J1, UW, EW)
         s = z.stride()
         m_w = g.lattice(1).region_step
         band = z.as_strided(

@@ -306,20 +306,21 @@ def _cached_plan(
     # Candidates are scored in chunks: the model's temporaries for all of them
     # at once (up to a few hundred thousand tilings, dozens of float64 arrays)
     # took 24-65 MiB, more than many plans' workspace, on the first call of a shape.
-    def score(rows: slice) -> tuple[dict[str, Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates ``rows``: their arrays, workspace needed, seconds, and the sink's bytes forward and backward."""
-        cands = _candidates(geometry, elem, model, strategy, rows=rows)
+    grid = _candidate_grid(geometry, elem, model, strategy)
+
+    def score(rows: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates ``rows``: workspace needed, seconds, and the sink's bytes forward and backward."""
+        cands = _candidates(geometry, elem, model, strategy, rows=rows, grid=grid)
         band, positions = cands["band_elements"], cands["position_elements"]
         fwd_sink, bwd_sink = sink_cost.bytes(band, positions, backward=False), sink_cost.bytes(band, positions, backward=True)
         fwd_bytes, bwd_bytes = cands["fwd_bytes"] + fwd_sink, cands["bwd_bytes"] + grads + bwd_sink
         need = np.maximum(fwd_bytes, bwd_bytes) if requires_grad else fwd_bytes
-        return cands, need, cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0), fwd_sink, bwd_sink
+        return need, cands["fwd_s"] + (cands["bwd_s"] if requires_grad else 0.0), fwd_sink, bwd_sink
 
-    count = _candidates(geometry, elem, model, strategy, rows=slice(0, 0))["count"]
-    need, seconds = np.empty(count), np.empty(count)
-    for start in range(0, count, _CHUNK):
-        chunk = slice(start, min(count, start + _CHUNK))
-        _, need[chunk], seconds[chunk], _, _ = score(chunk)
+    need, seconds = np.empty(grid.count), np.empty(grid.count)
+    for start in range(0, grid.count, _CHUNK):
+        chunk = slice(start, min(grid.count, start + _CHUNK))
+        need[chunk], seconds[chunk], _, _ = score(chunk)
     valid = np.isfinite(seconds)  # some strategies cannot run some tile shapes
     fits = valid & (need <= budget)
     if not fits.any():
@@ -333,8 +334,8 @@ def _cached_plan(
     best = seconds[fits].min()
     ok = np.flatnonzero(fits & (seconds <= best * EQUALLY_FAST))
     choice = ok[np.lexsort((seconds[ok], need[ok]))[0]]
-    cands, _, _, fwd_sink, bwd_sink = score(slice(int(choice), int(choice) + 1))
-    tiling = cands["tiling"](int(choice))
+    _, _, fwd_sink, bwd_sink = score(slice(int(choice), int(choice) + 1))
+    tiling = grid.tiling(int(choice))
     naive = geometry.batch * geometry.channels * geometry.kernel_volume * geometry.num_displacements * geometry.num_positions * out_elem
     return Plan(
         geometry=geometry, dtype=dtype, device_type=device_type, tiling=tiling, budget_bytes=budget,
@@ -375,45 +376,71 @@ _CHUNK = 8192
 PARTIAL_VECTOR_COST = 1.5
 
 
-def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | None, rows: slice | None = None) -> dict[str, Any]:
+def _lanes(model: DeviceModel, elem: int) -> int:
+    """Elements per SIMD vector of the device model (1: no vector-width effect)."""
+    return max(1, model.vector_bytes // elem)
+
+
+@dataclass(frozen=True)
+class _CandidateGrid:
+    """The candidate tilings: every strategy x batch tile x positions x displacements, by flat index."""
+
+    strategies: tuple[str, ...]
+    axes: tuple[np.ndarray, ...]  # values along (strategy index, Bt, *U, *J)
+
+    @property
+    def count(self) -> int:
+        return math.prod(len(a) for a in self.axes)
+
+    def rows(self, flat: np.ndarray) -> np.ndarray:
+        """The candidates' coordinates ``(strategy, Bt, *U, *J)``, one row each."""
+        return np.stack([a[i] for a, i in zip(self.axes, np.unravel_index(flat, [len(a) for a in self.axes]))], axis=1)
+
+    def tiling(self, i: int) -> Tiling:
+        row = self.rows(np.array([i]))[0]
+        N = (len(self.axes) - 2) // 2
+        return Tiling(self.strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))
+
+
+def _candidate_grid(geometry: Geometry, elem: int, model: DeviceModel, only: str | None) -> _CandidateGrid:
+    N = geometry.ndim
+    cap = 12 if N <= 2 else 5
+    u_max = [max(1, -(-o // geometry.lattice(d).step)) for d, o in enumerate(geometry.out_size)]
+    per_dim_u = [_size_candidates(u, cap) for u in u_max]
+    # row_matmul's column tiles should be whole vectors (see _candidates): offer
+    # the candidates rounded up to one too.
+    lanes = _lanes(model, elem)
+    per_dim_u[-1] = sorted(set(per_dim_u[-1]) | {min(u_max[-1], -(-v // lanes) * lanes) for v in per_dim_u[-1]})
+    per_dim_j = [_size_candidates(P, cap) for P in geometry.patch]
+    batches = _size_candidates(max(1, geometry.batch), 6)
+    strategies = (only,) if only else tuple(STRATEGIES)
+    axes = tuple(np.asarray(a, dtype=np.float64) for a in (np.arange(len(strategies)), batches, *per_dim_u, *per_dim_j))
+    return _CandidateGrid(strategies, axes)
+
+
+def _candidates(
+    geometry: Geometry, elem: int, model: DeviceModel, only: str | None, rows: slice | None = None,
+    grid: _CandidateGrid | None = None,
+) -> dict[str, Any]:
     """Candidate tilings with their predicted workspace and time (vectorised).
 
     Args:
         rows: which candidates, as a slice of their flat index (default: all).
+        grid: :func:`_candidate_grid` of the same arguments, if already made.
 
     Returns:
-        ``count`` (how many candidates there are in all), ``tiling(i)`` (the
-        tiling of candidate ``i``, a flat index), and for the candidates in
-        ``rows`` the arrays ``fwd_bytes``, ``bwd_bytes``, ``fwd_s``, ``bwd_s``,
-        ``band_elements``, ``position_elements``.
+        ``tiling(i)`` (the tiling of candidate ``i``, a flat index), and for the
+        candidates in ``rows`` the arrays ``fwd_bytes``, ``bwd_bytes``, ``fwd_s``,
+        ``bwd_s``, ``band_elements``, ``position_elements``.
     """
+    grid_ = grid or _candidate_grid(geometry, elem, model, only)
     N = geometry.ndim
-    cap = 12 if N <= 2 else 5
     classes = [geometry.lattice(d).step for d in range(N)]
-    u_max = [max(1, -(-o // t)) for o, t in zip(geometry.out_size, classes)]
-    per_dim_u = [_size_candidates(u, cap) for u in u_max]
-    # row_matmul's column tiles should be whole vectors (see below): offer the
-    # candidates rounded up to one too.
-    lanes = max(1, model.vector_bytes // elem)
-    per_dim_u[-1] = sorted(set(per_dim_u[-1]) | {min(u_max[-1], -(-v // lanes) * lanes) for v in per_dim_u[-1]})
-    per_dim_j = [_size_candidates(P, cap) for P in geometry.patch]
-    batches = _size_candidates(max(1, geometry.batch), 6)
-    strategies = [only] if only else list(STRATEGIES)
-
-    axes = [np.asarray(a, dtype=np.float64) for a in (np.arange(len(strategies)), batches, *per_dim_u, *per_dim_j)]
-    sizes = tuple(len(a) for a in axes)
-    count = math.prod(sizes)
-
-    def grid_rows(flat: np.ndarray) -> np.ndarray:
-        """The candidates' coordinates ``(strategy, Bt, *U, *J)``, one row each."""
-        return np.stack([a[i] for a, i in zip(axes, np.unravel_index(flat, sizes))], axis=1)
-
-    def tiling(i: int) -> Tiling:
-        row = grid_rows(np.array([i]))[0]
-        return Tiling(strategies[int(row[0])], int(row[1]), tuple(int(v) for v in row[2 : 2 + N]), tuple(int(v) for v in row[2 + N :]))
-
-    start, stop, _ = (rows or slice(None)).indices(count)
-    grid = grid_rows(np.arange(start, stop))
+    u_max_last = max(1, -(-geometry.out_size[-1] // classes[-1]))
+    lanes = _lanes(model, elem)
+    strategies = grid_.strategies
+    start, stop, _ = (rows or slice(None)).indices(grid_.count)
+    grid = grid_.rows(np.arange(start, stop))
     s_idx, Bt = grid[:, 0], grid[:, 1]
     U, J = grid[:, 2 : 2 + N], grid[:, 2 + N : 2 + 2 * N]
     m = np.array([geometry.lattice(d).region_step for d in range(N)], dtype=np.float64)
@@ -427,17 +454,14 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     # of a full tile's positions it covers: there tiles are narrow (16 wide),
     # and charging MM-Tracker's 2-wide remainder (34 = 16 + 16 + 2) as a full
     # tile picked one 34-wide tile, 9.6 ms forward+backward against 7.0 ms.
-    blocks, work = np.ones(len(grid)), np.ones(len(grid))
+    blocks = np.ones(len(grid))
     for d in range(N):
-        per_class, per_class_work = np.zeros(len(grid)), np.zeros(len(grid))
-        for r in range(classes[d]):
-            n_r = geometry.lattice(d).positions_per_class(geometry.out_size[d], r)
-            per_class += np.ceil(n_r / U[:, d])
-            per_class_work += n_r / U[:, d] if d == N - 1 else np.ceil(n_r / U[:, d])
+        counts = [geometry.lattice(d).positions_per_class(geometry.out_size[d], r) for r in range(classes[d])]
+        per_class = sum(np.ceil(n_r / U[:, d]) for n_r in counts)
         blocks *= per_class * np.ceil(geometry.patch[d] / J[:, d])
-        work *= per_class_work * np.ceil(geometry.patch[d] / J[:, d])
+    last_share = sum(counts) / U[:, N - 1] / np.maximum(per_class, 1)  # last dimension: positions / full tiles
     tiles = blocks * np.ceil(max(geometry.batch, 1) / Bt)
-    work *= np.ceil(max(geometry.batch, 1) / Bt)
+    work = tiles * last_share
 
     eff = lambda x: x / (x + model.half_size)  # noqa: E731 - matmul efficiency of one dimension
     gather_bytes = 2 * elem * Bt * K * (T + R)
@@ -469,7 +493,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
     # last vector is paid in full, and such tiles (other than the whole width)
     # cost 1.5x: still valid, for budgets that fit nothing wider.
     cols_eff = eff(cols) * whole_vectors(cols)
-    partial_vectors = is_row & (cols % lanes != 0) & (cols < u_max[-1])
+    partial_vectors = is_row & (cols % lanes != 0) & (cols < u_max_last)
     row_rate = model.matmul_flops * cols_eff * eff(columns) * eff(K)
     row_calls = Bt * rows * model.gemm_overhead
     row_fwd = 2 * Y_row * K / row_rate + row_calls + (gather_bytes + band_bytes) / model.bandwidth
@@ -511,7 +535,7 @@ def _candidates(geometry: Geometry, elem: int, model: DeviceModel, only: str | N
         [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_row + (Z_row + x1_padded if stacked else 0)],
         2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T,
     )
-    return {"count": count, "tiling": tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem,
+    return {"tiling": grid_.tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem,
             "fwd_s": fwd_s, "bwd_s": bwd_s, "band_elements": Bt * Jp * T, "position_elements": Bt * T}
 
 
