@@ -175,9 +175,10 @@ def test_measured_cpu_workspace_matches_prediction():
     ((4, 128, 96, 96), dict(patch_size=41)), ((1, 512, 19, 34), dict(patch_size=9)),
 ])
 def test_row_matmul_column_tiles_fill_whole_vectors(shape, kw):
-    """Measured: a (2,128,64,64) patch-31 backward took 150 ms with 13-wide column tiles and 110 ms
-    with 16-wide ones; (4,128,96,96) patch 41, 824 ms with 14 and 565 ms with 16 (64-byte vectors);
-    MM-Tracker's forward+backward 7.0 ms with 16-wide tiles (a 2-wide remainder) and 9.6 ms with one 34-wide."""
+    """Measured with profiling/tilings.py: a (2,128,64,64) patch-31 backward took 144 ms with 13-wide
+    column tiles and 114 ms with 16-wide ones; (4,128,96,96) patch 41, 871 ms with 14 and 572 ms with 16
+    (64-byte vectors); MM-Tracker's backward 7.5 ms with 16-wide tiles (a 2-wide remainder) and 9.5 ms
+    with one 34-wide."""
     for requires_grad in (False, True):
         p = tiledcorr.plan(shape, requires_grad=requires_grad, **kw)
         assert p.strategy == "row_matmul" and p.tiling.tile[-1] % 16 == 0, p.tiling

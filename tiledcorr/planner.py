@@ -453,7 +453,8 @@ def _candidates(
     # except that along the last dimension a remainder tile counts by the share
     # of a full tile's positions it covers: there tiles are narrow (16 wide),
     # and charging MM-Tracker's 2-wide remainder (34 = 16 + 16 + 2) as a full
-    # tile picked one 34-wide tile, 9.6 ms forward+backward against 7.0 ms.
+    # tile picked one 34-wide tile: 3.2 + 9.5 ms forward and backward against
+    # 2.6 + 7.5 ms (`python profiling/tilings.py mmtracker`).
     blocks = np.ones(len(grid))
     for d in range(N):
         counts = [geometry.lattice(d).positions_per_class(geometry.out_size[d], r) for r in range(classes[d])]
@@ -487,9 +488,10 @@ def _candidates(
     # The matmul's narrow dimension (UN positions) fills vectors of `lanes`
     # elements, and each row of the band is that many volume elements: column
     # tiles that are not whole vectors ran far slower than the model's flops
-    # and bytes say (development machine: a patch-31 backward 150 ms with 13
-    # columns against 110 ms with 16; 4x128x96x96 patch 41, 824 ms with 14,
-    # 565 ms with 16, and 8 to 32 columns 1.1-1.7x the time of 16). A partial
+    # and bytes say (`python profiling/tilings.py`, development machine: a
+    # patch-31 backward 144 ms with 13 columns against 114 ms with 16;
+    # 4x128x96x96 patch 41, 871 ms with 14 against 572 ms with 16, and 8 to
+    # 32 columns 1.1-1.7x the time of 16 in scratch runs). A partial
     # last vector is paid in full, and such tiles (other than the whole width)
     # cost 1.5x: still valid, for budgets that fit nothing wider.
     cols_eff = eff(cols) * whole_vectors(cols)
