@@ -178,3 +178,31 @@ def test_no_exception_escapes_untyped_for_odd_but_legal_values():
     tiledcorr.correlate(X, X, kernel_size=99)  # larger than the image: an empty output
     tiledcorr.correlate(X, X, memory_budget=10**30)
     tiledcorr.correlate(X, X, memory_budget=0.25)
+
+
+_BIG = torch.zeros(2, 64, 48, 48)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: tiledcorr.plan(_BIG, _BIG), "input1_shape"),
+        (lambda: tiledcorr.correlate(X, X, patch_size=_BIG), "patch_size"),
+        (lambda: tiledcorr.correlate(X, X, memory_budget=_BIG), "memory_budget"),
+        (lambda: correlate_reduce(X, X, reduction=_BIG), "reduction"),
+        (lambda: tiledcorr.correlate(X, X, normalize=_BIG), "normalize"),
+        (lambda: tiledcorr.correlate(X, X, stride=list(range(-1, 5000))), "stride"),
+        (lambda: tiledcorr.correlate(X, X, memory_budget="x" * 5000), "memory_budget"),
+    ],
+)
+def test_a_large_bad_value_is_named_briefly(call, name):
+    """A tensor or a long value passed by mistake is described, not printed in full."""
+    with pytest.raises((ArgumentTypeError, ArgumentValueError, ShapeError)) as info:
+        call()
+    message = str(info.value)
+    assert name in message
+    assert len(message) < 600, message
+    if "Tensor" in message:
+        assert "a Tensor of shape (2, 64, 48, 48), dtype torch.float32" in message
+    else:
+        assert "[...]" in message

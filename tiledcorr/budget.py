@@ -9,6 +9,7 @@ from typing import Any
 import psutil
 import torch
 
+from .checks import show
 from .errors import ArgumentTypeError, ArgumentValueError
 
 #: Fraction of the device's free memory a ``memory_budget=None`` call may use.
@@ -62,18 +63,18 @@ def resolve_budget(memory_budget: Any, device: torch.device | str = "cpu") -> in
     if memory_budget is None:
         return max(1, int(DEFAULT_FRACTION * free_memory(device)))
     if isinstance(memory_budget, bool):
-        raise ArgumentTypeError(f"memory_budget must be {ACCEPTED_FORMS}; got {memory_budget!r}")
+        raise ArgumentTypeError(f"memory_budget must be {ACCEPTED_FORMS}; got {show(memory_budget)}")
     if isinstance(memory_budget, int):
         if memory_budget <= 0:
             raise ArgumentValueError(
-                f"memory_budget must be a positive number of bytes, got {memory_budget!r}; "
+                f"memory_budget must be a positive number of bytes, got {show(memory_budget)}; "
                 f"accepted forms: {ACCEPTED_FORMS}"
             )
         return memory_budget
     if isinstance(memory_budget, float):
         if not (math.isfinite(memory_budget) and 0.0 < memory_budget <= 1.0):
             raise ArgumentValueError(
-                f"memory_budget as a float is a fraction in (0, 1], got {memory_budget!r}; "
+                f"memory_budget as a float is a fraction in (0, 1], got {show(memory_budget)}; "
                 f"accepted forms: {ACCEPTED_FORMS}"
             )
         return max(1, int(memory_budget * free_memory(device)))
@@ -81,19 +82,18 @@ def resolve_budget(memory_budget: Any, device: torch.device | str = "cpu") -> in
         match = _PATTERN.match(memory_budget)
         if match is None or match.group(2).lower() not in _UNITS:
             raise ArgumentValueError(
-                f"memory_budget string {memory_budget!r} is not a size with units; "
+                f"memory_budget string {show(memory_budget)} is not a size with units; "
                 f"accepted forms: {ACCEPTED_FORMS}"
             )
         value = float(match.group(1)) * _UNITS[match.group(2).lower()]
         if not 1 <= value < math.inf:
             raise ArgumentValueError(
-                f"memory_budget must be at least 1 byte and finite, got {memory_budget!r}; "
+                f"memory_budget must be at least 1 byte and finite, got {show(memory_budget)}; "
                 f"accepted forms: {ACCEPTED_FORMS}"
             )
         return int(value)
     raise ArgumentTypeError(
-        f"memory_budget must be {ACCEPTED_FORMS}; got {memory_budget!r} of type "
-        f"{type(memory_budget).__name__}"
+        f"memory_budget must be {ACCEPTED_FORMS}; got {show(memory_budget, typed=True)}"
     )
 
 

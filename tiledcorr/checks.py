@@ -17,6 +17,27 @@ from .errors import ArgumentTypeError, ArgumentValueError, DeviceError, ShapeErr
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+#: Longest representation of a bad value an error message quotes.
+_MAX_SHOWN = 120
+
+
+def show(value: Any, *, typed: bool = False) -> str:
+    """A bad argument as an error message quotes it: its repr, kept short.
+
+    A tensor or array (passed where a shape or a size belongs, say) is named
+    by type, shape and dtype instead of its values, and any other repr longer
+    than 120 characters is cut. ``typed`` adds the type of other values.
+    """
+    if isinstance(value, torch.Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(shape)}, dtype {value.dtype}"
+    text = repr(value)
+    text = text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 5] + "[...]"
+    return f"{text} of type {type(value).__name__}" if typed else text
+
+
 def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ...]:
     """Normalise an int-or-tuple parameter to one int per spatial dimension.
 
@@ -35,22 +56,21 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
     elif isinstance(value, (tuple, list, torch.Size)):
         if not all(_is_int(v) for v in value):
             raise ArgumentTypeError(
-                f"{name} must be an int or a tuple of {ndim} ints, got {value!r}"
+                f"{name} must be an int or a tuple of {ndim} ints, got {show(value)}"
             )
         if len(value) != ndim:
             raise ArgumentValueError(
                 f"{name} must be an int or a tuple of {ndim} ints (one per spatial "
-                f"dimension), got {value!r} of length {len(value)}"
+                f"dimension), got {show(value)} of length {len(value)}"
             )
         items = tuple(int(v) for v in value)
     else:
         raise ArgumentTypeError(
-            f"{name} must be an int or a tuple of {ndim} ints, got {value!r} "
-            f"of type {type(value).__name__}"
+            f"{name} must be an int or a tuple of {ndim} ints, got {show(value, typed=True)}"
         )
     if any(v < minimum for v in items):
         expected = "positive" if minimum == 1 else f">= {minimum}"
-        raise ArgumentValueError(f"{name} must be {expected}, got {value!r}")
+        raise ArgumentValueError(f"{name} must be {expected}, got {show(value)}")
     return items
 
 
@@ -61,16 +81,16 @@ def _is_int(value: Any) -> bool:
 def check_int(name: str, value: Any, *, minimum: int) -> int:
     """Check a scalar int argument (FlowNet's ``kernel_size``, ``stride1``...)."""
     if not _is_int(value):
-        raise ArgumentTypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be an int, got {show(value, typed=True)}")
     if value < minimum:
-        raise ArgumentValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ArgumentValueError(f"{name} must be >= {minimum}, got {show(value)}")
     return int(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
     """Check a flag (``flatten``, ``requires_grad``): a bool, not merely something truthy."""
     if not isinstance(value, bool):
-        raise ArgumentTypeError(f"{name} must be a bool, got {value!r} of type {type(value).__name__}")
+        raise ArgumentTypeError(f"{name} must be a bool, got {show(value, typed=True)}")
     return value
 
 
@@ -83,12 +103,12 @@ def check_shape(name: str, value: Any, *, spatial_dims: Sequence[int] = (2, 3)) 
     """
     if not isinstance(value, (tuple, list, torch.Size)):
         raise ArgumentTypeError(
-            f"{name} must be a tuple of ints (B, C, *spatial), got {value!r} of type {type(value).__name__}"
+            f"{name} must be a tuple of ints (B, C, *spatial), got {show(value, typed=True)}"
         )
     shape = tuple(value)
     if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and v >= 0 for v in shape):
         expected = " or ".join(f"{d + 2}" for d in spatial_dims)
-        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial), got {value!r}")
+        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial), got {show(value)}")
     return shape
 
 
@@ -96,7 +116,7 @@ def check_dtype(name: str, value: Any) -> torch.dtype:
     """Check a dtype argument: one of the floating dtypes tiledcorr computes in."""
     if value not in _FLOAT_DTYPES:
         raise ArgumentTypeError(
-            f"{name} must be a floating torch.dtype (float16, bfloat16, float32 or float64), got {value!r}"
+            f"{name} must be a floating torch.dtype (float16, bfloat16, float32 or float64), got {show(value)}"
         )
     return value
 
@@ -105,12 +125,12 @@ def check_device(name: str, value: Any) -> torch.device:
     """Check a device argument (a ``torch.device``, a string such as ``"cuda:0"``, or a GPU index)."""
     if isinstance(value, bool) or not isinstance(value, (torch.device, str, int)):
         raise ArgumentTypeError(
-            f"{name} must be a torch.device, a device string or an index, got {value!r} of type {type(value).__name__}"
+            f"{name} must be a torch.device, a device string or an index, got {show(value, typed=True)}"
         )
     try:
         return torch.device(value)
     except (RuntimeError, ValueError) as exc:
-        raise DeviceError(f"{name} {value!r} is not a device torch knows: {exc}") from None
+        raise DeviceError(f"{name} {show(value)} is not a device torch knows: {exc}") from None
 
 
 def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 3)) -> int:
@@ -167,7 +187,7 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
 def check_real(name: str, value: Any) -> float:
     """Check a finite real scalar (a temperature, a scale)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArgumentTypeError(f"{name} must be a real number, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be a real number, got {show(value)}")
     if not math.isfinite(value):
-        raise ArgumentValueError(f"{name} must be finite, got {value!r}")
+        raise ArgumentValueError(f"{name} must be finite, got {show(value)}")
     return float(value)

@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from . import hugepages
+from .checks import show
 from .geometry import Geometry, Span, clip, input1_start, input1_step, input2_start, output_slice, spans
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -727,7 +728,7 @@ def get_strategy(name: str) -> type:
     except KeyError:
         from .errors import ArgumentValueError
 
-        raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {name!r}") from None
+        raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {show(name)}") from None
 
 
 # --------------------------------------------------------------------------- entry points

@@ -278,7 +278,7 @@ def plan_geometry(
     requires_grad = checks.check_bool("requires_grad", requires_grad)
     budget = _quantized_budget(memory_budget, device)
     if strategy is not None and strategy not in STRATEGIES:
-        raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+        raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {checks.show(strategy)}")
     return _cached_plan(geometry, dtype, device.type, budget, bool(requires_grad), strategy, sink_cost or SinkCost())
 
 

@@ -478,16 +478,16 @@ class SoftArgmaxFunction(torch.autograd.Function):
 
 def _check_reduction(reduction: Any) -> str:
     if not isinstance(reduction, str):
-        raise ArgumentTypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
+        raise ArgumentTypeError(f"reduction must be a str, one of {REDUCTIONS}, got {checks.show(reduction)}")
     if reduction not in REDUCTIONS:
-        raise ArgumentValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise ArgumentValueError(f"reduction must be one of {REDUCTIONS}, got {checks.show(reduction)}")
     return reduction
 
 
 def _check_k(k: Any, reduction: str, num_displacements: int) -> int | None:
     if reduction != "topk":
         if k is not None:
-            raise ArgumentValueError(f"k is only used by reduction='topk', got k={k!r} with reduction={reduction!r}")
+            raise ArgumentValueError(f"k is only used by reduction='topk', got k={checks.show(k)} with reduction={checks.show(reduction)}")
         return None
     if k is None:
         raise ArgumentValueError("reduction='topk' needs k, the number of values to keep per position")
@@ -500,7 +500,7 @@ def _check_k(k: Any, reduction: str, num_displacements: int) -> int | None:
 def _check_temperature(temperature: Any) -> float:
     temperature = checks.check_real("temperature", temperature)
     if temperature <= 0:
-        raise ArgumentValueError(f"temperature must be > 0, got {temperature!r}")
+        raise ArgumentValueError(f"temperature must be > 0, got {checks.show(temperature)}")
     return temperature
 
 

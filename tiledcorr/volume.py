@@ -27,7 +27,7 @@ def normalization_scale(normalize: Normalize, channels: int, kernel_volume: int)
     (RAFT, GMFlow). With C = 0 the sums are empty and the factor is 1.
     """
     if normalize not in NORMALIZATIONS:
-        raise ArgumentValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        raise ArgumentValueError(f"normalize must be one of {NORMALIZATIONS}, got {checks.show(normalize)}")
     if normalize is None or channels == 0:
         return 1.0
     return {
