@@ -24,6 +24,7 @@ Usage::
 
     PYTHONPATH=. python profiling/reduce_memory.py
     PYTHONPATH=. python profiling/reduce_memory.py --budget 64MiB --patch-size 41
+    MKL_DISABLE_FAST_MM=1 PYTHONPATH=. python profiling/reduce_memory.py   # without MKL's buffer cache
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -89,6 +91,7 @@ def main() -> None:
         ("inputs (not counted)", format_bytes(inputs_bytes)),
         ("stored volume would need", f"{format_bytes(volume_bytes)} ({volume_bytes} bytes) for {tuple(geometry.out_shape)}"),
         ("tiles", f"{plan.passes}"),
+        ("MKL_DISABLE_FAST_MM", os.environ.get("MKL_DISABLE_FAST_MM", "(not set)")),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -98,7 +101,8 @@ def main() -> None:
         "shape": list(shape), "patch_size": args.patch_size, "reduction": args.reduction, "k": args.k,
         "budget_bytes": plan.budget_bytes, "seconds": seconds, "peak_bytes": peak, "repeat_peak_bytes": repeat_peak,
         "planned_workspace_bytes": plan.forward_workspace_bytes, "result_bytes": result_bytes,
-        "stored_volume_bytes": volume_bytes, "tiles": plan.passes, "plan": plan.to_dict(), "machine": describe_machine(),
+        "stored_volume_bytes": volume_bytes, "tiles": plan.passes,
+        "mkl_disable_fast_mm": os.environ.get("MKL_DISABLE_FAST_MM"), "plan": plan.to_dict(), "machine": describe_machine(),
     }
     out = ROOT / "profiling" / "results" / f"reduce_memory-{device.type}-float32.json"
     out.parent.mkdir(parents=True, exist_ok=True)
