@@ -78,27 +78,32 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
 
 def backward_inputs(
     input1: torch.Tensor, input2: torch.Tensor, grad_source: GradSource | torch.Tensor, plan: Plan, scale: float,
-    need1: bool, need2: bool,
+    need1: bool, need2: bool, *, upstream: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of both inputs (``None`` where not needed), in the inputs' dtype.
 
     ``grad_source`` gives each tile's band gradient: the stored volume's
-    gradient ``(B, *patch, *out_size)`` as a tensor (NaN and Inf then get
-    their in-image IEEE values, :mod:`tiledcorr.nonfinite`), or a fused
-    reduction's own :class:`~tiledcorr.engine.GradSource` (:mod:`tiledcorr.reduce`).
+    gradient ``(B, *patch, *out_size)`` as a tensor, or a fused reduction's
+    own :class:`~tiledcorr.engine.GradSource` (:mod:`tiledcorr.reduce`), which
+    passes the gradient it was given as ``upstream``. Where the inputs or that
+    gradient hold NaN or Inf, every entry gets its in-image IEEE value
+    (:mod:`tiledcorr.nonfinite`).
     """
     g = plan.geometry
     acc_dtype = compute_dtype(input1.dtype)
-    grad_out = grad_source if isinstance(grad_source, torch.Tensor) else None
-    if grad_out is not None:
-        grad_source = volume_grad(grad_out)
-    ieee = grad_out is not None and not g.is_empty and not nonfinite.all_finite(input1, input2, grad_out)
+    present = None
+    if isinstance(grad_source, torch.Tensor):
+        upstream = grad_source
+        grad_source = volume_grad(upstream)
+        present = nonfinite.Indicators(upstream).present
+    checked = (input1, input2) if upstream is None else (input1, input2, upstream)
+    ieee = not g.is_empty and not nonfinite.all_finite(*checked)
 
     def attempt(p: Plan):
         grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None
         grad2 = torch.zeros(input2.shape, dtype=acc_dtype, device=input2.device) if need2 else None
         if ieee:  # zero padding is not exact for NaN and Inf
-            nonfinite.run_backward(input1, input2, p, grad1, grad2, grad_out, scale=scale)
+            nonfinite.run_backward(input1, input2, p, grad1, grad2, grad_source, scale=scale, upstream_present=present)
         elif not g.is_empty:
             run_backward(input1, input2, g, p.tiling, grad1, grad2, grad_source, scale=scale)
         return grad1, grad2

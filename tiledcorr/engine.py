@@ -754,6 +754,44 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: 
         ws.release()
 
 
+class Lockstep:
+    """Several problems with one tiling, computed tile by tile in one shared workspace.
+
+    The exact NaN/Inf path (:mod:`tiledcorr.nonfinite`) combines, for each
+    tile, the bands of a few correlations of the same geometry (indicator maps
+    stacked along channels, then the finite part): computing them tile by tile
+    keeps what it combines to one tile's band instead of the whole volume.
+
+    Args:
+        problems: ``(x1, x2, geometry, scale)`` for each correlation; the
+            geometries may differ in channels only (the tiling is shared).
+        tiling: the plan's tiling.
+    """
+
+    def __init__(self, problems: list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], tiling: Tiling) -> None:
+        self.strategy = get_strategy(tiling.strategy)
+        sizes: dict[str, int] = {}
+        for _, _, geometry, _ in problems:
+            for name, n in self.strategy.buffers(geometry, tiling, False).items():
+                sizes[name] = max(sizes.get(name, 0), n)
+        # The widest compute dtype (float64 inputs with float32 indicator maps, say).
+        dtype = max((compute_dtype(x1.dtype) for x1, _, _, _ in problems), key=lambda d: torch.finfo(d).bits)
+        self.ws = Workspace(sizes, dtype, problems[0][0].device)
+        self.contexts = [_Context(g, a, b, self.ws, scale, self.strategy) for a, b, g, scale in problems]
+
+    def forward(self, tile: Tile, sinks: list[Sink]) -> None:
+        """Hand each problem's band of ``tile`` to its sink, in order.
+
+        A band is valid only inside its sink's ``consume``: the next problem
+        reuses the buffers.
+        """
+        for ctx, sink in zip(self.contexts, sinks, strict=True):
+            self.strategy.forward(ctx, tile, sink)
+
+    def release(self) -> None:
+        self.ws.release()
+
+
 class GradSource(Protocol):
     """Gives the gradient of each tile's band, shape ``(Bt, *J, *U)``.
 

@@ -30,17 +30,25 @@ else +-inf if it has an infinite term, else the finite part. The class value
 is *added* to the finite part, so a finite part that overflowed to +-inf on
 its own combines with it as IEEE addition does.
 
+The forward computes, for each tile, the indicator correlations and then the
+finite part (:class:`tiledcorr.engine.Lockstep`), so the class code it
+combines is one tile's band, never the whole volume: any sink gets exact
+bands (the stored volume, or a fused reduction of :mod:`tiledcorr.reduce`).
 The backward is the same construction for ``grad1 = sum grad_out * input2``
-and ``grad2 = sum grad_out * input1`` (``grad_out`` may be non-finite too).
+and ``grad2 = sum grad_out * input1``, for the gradient of a stored volume or
+a fused reduction's gradient source (``grad_out`` may be non-finite too).
 
 Cost, on this path only: pairs whose two classes do not both occur are
 skipped (a NaN in input1 alone leaves 4 or 5 pairs); in the forward, the pairs
 of one kind are stacked along channels as far as the plan's budget allows, so
-typically 2 or 3 extra engine calls; the backward makes one call per live
-pair. Temporaries beyond the plan's workspace: zeroed copies of the inputs,
-float32 indicator maps of the stacked pairs, one byte per output (or per
-input, for a gradient) holding the class, and in the backward a float32
-indicator of ``grad_out`` and a float32 count per call.
+typically 2 or 3 extra correlations per tile; the backward makes one call per
+live pair. Temporaries beyond the plan's workspace: zeroed copies of the
+inputs; two float32 indicator maps per live pair, all at once; the forward's
+shared workspace is that of the widest stacked problem; one byte per element
+of the current tile's band for its class (plus a comparison's temporaries);
+in the backward one byte per input element for the class and a float32 count
+per call, and, for a gradient source that recomputes the forward (the
+soft-argmax), a forward workspace of its own.
 """
 
 from __future__ import annotations
@@ -51,9 +59,8 @@ from typing import Callable
 
 import torch
 
-from .engine import Sink, Tile, run_backward as engine_backward, run_forward as engine_forward
-from .engine import volume_grad, volume_index, workspace_elements
-from .geometry import Geometry
+from .engine import GradSource, Lockstep, Sink, Tile, iter_tiles, run_backward as engine_backward
+from .engine import workspace_elements
 from .planner import Plan
 
 #: The 0/1 classes of a value that decide the IEEE class of a product.
@@ -87,7 +94,7 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     return not extremes or bool(torch.isfinite(torch.cat(extremes)).all())
 
 
-class _Indicators:
+class Indicators:
     """The 0/1 class maps of one tensor (float32, built on demand) and which classes occur."""
 
     def __init__(self, x: torch.Tensor) -> None:
@@ -103,7 +110,7 @@ class _Indicators:
         return _CLASSES[name](self.x).to(torch.float32)
 
 
-def _live_pairs(left: _Indicators, right: _Indicators, pairs) -> list[tuple[str, str]]:
+def _live_pairs(left: Indicators, right: Indicators, pairs) -> list[tuple[str, str]]:
     """The pairs whose two classes both occur (the others count nothing)."""
     return [(a, b) for a, b in pairs if left.present(a) and right.present(b)]
 
@@ -118,44 +125,95 @@ def _apply(values: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     return torch.where(code == 0, values, values + table[code.long()])
 
 
-class _MarkSink:
-    """Sets ``bit`` in ``code`` wherever a band of indicator sums is positive."""
+class _TileCode:
+    """The class code of one tile's band, ``(Bt, *J, *U)`` uint8, zero for each new tile."""
 
-    def __init__(self, geometry: Geometry, code: torch.Tensor, bit: int) -> None:
-        self.geometry, self.code, self.bit = geometry, code, bit
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.tile: Tile | None = None
+        self.code: torch.Tensor | None = None
+
+    def get(self, tile: Tile) -> torch.Tensor:
+        if tile is not self.tile:
+            self.tile = tile
+            self.code = torch.zeros((tile.batch, *tile.displacements, *tile.positions), dtype=torch.uint8, device=self.device)
+        return self.code
+
+
+class _MarkSink:
+    """Sets ``bit`` in the tile's code wherever a band of indicator sums is positive."""
+
+    def __init__(self, code: _TileCode, bit: int) -> None:
+        self.code, self.bit = code, bit
 
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
-        self.code[volume_index(self.geometry, tile)].bitwise_or_((band > 0).to(torch.uint8) * self.bit)
+        self.code.get(tile).bitwise_or_(torch.gt(band, 0).to(torch.uint8).mul_(self.bit))
 
 
 class _PatchSink:
     """Adds the IEEE class of each sum to the finite part's band, then passes it on."""
 
-    def __init__(self, geometry: Geometry, code: torch.Tensor, sink: Sink) -> None:
-        self.geometry, self.code, self.sink = geometry, code, sink
+    def __init__(self, code: _TileCode, sink: Sink) -> None:
+        self.code, self.sink = code, sink
 
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
-        code = self.code[volume_index(self.geometry, tile)]
+        code = self.code.get(tile)
         if code.any():
             band = _apply(band, code)
         self.sink.consume(tile, band)
 
 
+class _Keep:
+    """A sink that keeps a copy of the last band."""
+
+    band: torch.Tensor | None = None
+
+    def consume(self, tile: Tile, band: torch.Tensor) -> None:
+        self.band = band.clone()
+
+
 def _stack_size(plan: Plan, count: int) -> int:
-    """How many indicator pairs one engine call can stack along channels within the budget.
+    """How many indicator pairs one engine problem stacks along channels within the budget.
 
     Correlations of pairs stacked along channels add up, and only "> 0" is
-    used, so ``n`` pairs cost one call with ``n*C`` channels: its workspace
-    (same tiling) plus its two float32 indicator maps must fit ``plan.budget_bytes``.
+    used, so ``n`` pairs cost one problem with ``n*C`` channels. All ``count``
+    pairs' float32 maps (two each) exist at once; the workspace, shared by the
+    problems of a tile, is that of the widest, and both must fit
+    ``plan.budget_bytes``.
     """
     g = plan.geometry
-    map_elements = g.batch * g.channels * math.prod(g.in_size)
+    maps = 4 * 2 * count * g.batch * g.channels * math.prod(g.in_size)
     for n in range(count, 1, -1):
         stacked = dataclasses.replace(g, channels=n * g.channels)
         workspace = sum(workspace_elements(stacked, plan.tiling, backward=False).values())
-        if 4 * (workspace + 2 * n * map_elements) <= plan.budget_bytes:
+        if 4 * workspace + maps <= plan.budget_bytes:
             return n
     return 1
+
+
+def _exact_problems(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float, sink: Sink):
+    """The :class:`~tiledcorr.engine.Lockstep` problems and sinks whose last sink gets exact bands.
+
+    First the stacked indicator correlations of each kind (marking their bit in
+    a tile's code), then the finite part, patched with the code, into ``sink``.
+    """
+    g = plan.geometry
+    left, right = Indicators(x1), Indicators(x2)
+    code = _TileCode(x1.device)
+    live = [(bit, pair) for bit, pairs in _KINDS for pair in _live_pairs(left, right, pairs)]
+    n = _stack_size(plan, len(live))
+    problems, sinks = [], []
+    for bit, _ in _KINDS:
+        kind = [pair for b, pair in live if b == bit]
+        for i in range(0, len(kind), n):
+            chunk = kind[i : i + n]
+            a = torch.cat([left.map(c1) for c1, _ in chunk], dim=1)
+            b = torch.cat([right.map(c2) for _, c2 in chunk], dim=1)
+            problems.append((a, b, dataclasses.replace(g, channels=a.shape[1]), 1.0))
+            sinks.append(_MarkSink(code, bit))
+    problems.append((_zeroed(x1), _zeroed(x2), g, scale))
+    sinks.append(_PatchSink(code, sink))
+    return problems, sinks
 
 
 def run_forward(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, sink: Sink, *, scale: float = 1.0) -> None:
@@ -170,19 +228,41 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, sink: Sink, *, s
         sink: receives each band in the compute dtype.
         scale: multiplies every output value (positive).
     """
-    g = plan.geometry
-    left, right = _Indicators(x1), _Indicators(x2)
-    code = torch.zeros(g.out_shape, dtype=torch.uint8, device=x1.device)
-    for bit, pairs in _KINDS:
-        live = _live_pairs(left, right, pairs)
-        n = _stack_size(plan, len(live))
-        for i in range(0, len(live), n):
-            chunk = live[i : i + n]
-            a = torch.cat([left.map(c1) for c1, _ in chunk], dim=1)
-            b = torch.cat([right.map(c2) for _, c2 in chunk], dim=1)
-            stacked = dataclasses.replace(g, channels=a.shape[1])
-            engine_forward(a, b, stacked, plan.tiling, _MarkSink(g, code, bit))
-    engine_forward(_zeroed(x1), _zeroed(x2), g, plan.tiling, _PatchSink(g, code, sink), scale=scale)
+    problems, sinks = _exact_problems(x1, x2, plan, scale, sink)
+    lockstep = Lockstep(problems, plan.tiling)
+    try:
+        for tile in iter_tiles(plan.geometry, plan.tiling):
+            lockstep.forward(tile, sinks)
+    finally:
+        lockstep.release()
+
+
+class _ExactBands:
+    """What a :class:`~tiledcorr.engine.GradSource` may ask of its context, with exact bands.
+
+    ``recompute_band`` gives a tile's IEEE-exact forward values (a new
+    tensor); its workspace is made on first use and kept until :meth:`release`.
+    """
+
+    def __init__(self, x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float) -> None:
+        self.x1, self.x2, self.plan, self.scale = x1, x2, plan, scale
+        self.geometry = plan.geometry
+        self._keep = _Keep()
+        self._lockstep: Lockstep | None = None
+        self._sinks: list[Sink] = []
+
+    def recompute_band(self, tile: Tile) -> torch.Tensor:
+        if self._lockstep is None:
+            problems, self._sinks = _exact_problems(self.x1, self.x2, self.plan, self.scale, self._keep)
+            self._lockstep = Lockstep(problems, self.plan.tiling)
+        self._lockstep.forward(tile, self._sinks)
+        band, self._keep.band = self._keep.band, None
+        return band
+
+    def release(self) -> None:
+        if self._lockstep is not None:
+            self._lockstep.release()
+            self._lockstep = None
 
 
 def run_backward(
@@ -191,40 +271,57 @@ def run_backward(
     plan: Plan,
     grad1: torch.Tensor | None,
     grad2: torch.Tensor | None,
-    grad_out: torch.Tensor,
+    grad_source: GradSource,
     *,
     scale: float = 1.0,
+    upstream_present: Callable[[str], bool] | None = None,
 ) -> None:
-    """:func:`tiledcorr.engine.run_backward` of a stored volume for values that may be NaN or Inf.
+    """:func:`tiledcorr.engine.run_backward` for values that may be NaN or Inf.
 
     ``grad1 = scale * sum grad_out * x2`` and ``grad2 = scale * sum grad_out * x1``
-    over the valid terms, each entry with its IEEE value.
+    over the valid terms, each entry with its IEEE value, where ``grad_out``
+    is each tile's band gradient from ``grad_source``. A source that
+    recomputes the forward band (``ctx.recompute_band``) gets its exact values.
 
     Args:
         x1, x2: inputs of shape ``(B, C, *in_size)``.
         plan: the plan (geometry and tiling).
         grad1, grad2: zero-initialised accumulators ``(B, C, *in_size)`` in the
             compute dtype, or ``None``.
-        grad_out: gradient of the cost volume, ``(B, *patch, *out_size)``.
+        grad_source: the band gradients, :func:`~tiledcorr.engine.volume_grad`
+            of a stored volume's gradient or a fused reduction's source.
         scale: the forward's scale (positive).
+        upstream_present: whether a class of :data:`_CLASSES` occurs in the
+            band gradients at all (pairs with a class that does not are
+            skipped); ``None`` tries every class.
     """
     g = plan.geometry
-    engine_backward(
-        _zeroed(x1), _zeroed(x2), g, plan.tiling, grad1, grad2, volume_grad(_zeroed(grad_out)), scale=scale,
-    )
-    upstream = _Indicators(grad_out)
-    for grad, partner, first in ((grad1, x2, True), (grad2, x1, False)):
-        if grad is None:
-            continue
-        partners = _Indicators(partner)
-        code = torch.zeros(grad.shape, dtype=torch.uint8, device=grad.device)
-        for bit, pairs in _KINDS:
-            for a, b in _live_pairs(upstream, partners, pairs):
-                ones = partners.map(b)
-                count = torch.zeros(grad.shape, dtype=torch.float32, device=grad.device)
-                engine_backward(
-                    ones, ones, g, plan.tiling, count if first else None, None if first else count,
-                    volume_grad(upstream.map(a)),
-                )
-                code.bitwise_or_((count > 0).to(torch.uint8) * bit)
-        grad.copy_(_apply(grad, code))
+    exact = _ExactBands(x1, x2, plan, scale)
+    try:
+        def upstream(ctx, tile: Tile) -> torch.Tensor:
+            return grad_source(exact, tile)
+
+        engine_backward(
+            _zeroed(x1), _zeroed(x2), g, plan.tiling, grad1, grad2,
+            lambda ctx, tile: _zeroed(upstream(ctx, tile)), scale=scale,
+        )
+        for grad, partner, first in ((grad1, x2, True), (grad2, x1, False)):
+            if grad is None:
+                continue
+            partners = Indicators(partner)
+            code = torch.zeros(grad.shape, dtype=torch.uint8, device=grad.device)
+            for bit, pairs in _KINDS:
+                for a, b in pairs:
+                    if not partners.present(b) or (upstream_present is not None and not upstream_present(a)):
+                        continue
+                    ones = partners.map(b)
+                    count = torch.zeros(grad.shape, dtype=torch.float32, device=grad.device)
+                    indicator = _CLASSES[a]
+                    engine_backward(
+                        ones, ones, g, plan.tiling, count if first else None, None if first else count,
+                        lambda ctx, tile, indicator=indicator: indicator(upstream(ctx, tile)).to(torch.float32),
+                    )
+                    code.bitwise_or_((count > 0).to(torch.uint8) * bit)
+            grad.copy_(_apply(grad, code))
+    finally:
+        exact.release()

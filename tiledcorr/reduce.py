@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import checks
+from . import checks, nonfinite
 from .autograd import backward_inputs, with_oom_retry
 from .engine import Tile, compute_dtype, iter_tiles, run_forward, swap_band_order
 from .errors import ArgumentTypeError, ArgumentValueError
@@ -144,6 +144,9 @@ class MaxSink:
     ``(B, *out_size)`` int64.
     """
 
+    #: Set on the exact NaN/Inf path; the merge follows torch.max's NaN rule either way.
+    ieee = False
+
     def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
         self.geometry, self.dtype, self.device = geometry, dtype, device
         self.values = torch.full((geometry.batch, *geometry.out_size), -math.inf, dtype=dtype, device=device)
@@ -154,8 +157,8 @@ class MaxSink:
     @staticmethod
     def cost(elem: int) -> SinkCost:
         # forward: the band copy; per position the tile max (elem), its local and global
-        # index, and at most four bool temporaries. backward: as a top-1 selection.
-        return SinkCost(band=elem, position=elem + 2 * _INDEX_BYTES + 4 * _BOOL_BYTES, **_selection_backward_cost(elem, 1))
+        # index, and at most six bool temporaries. backward: as a top-1 selection.
+        return SinkCost(band=elem, position=elem + 2 * _INDEX_BYTES + 6 * _BOOL_BYTES, **_selection_backward_cost(elem, 1))
 
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
         g = self.geometry
@@ -165,8 +168,10 @@ class MaxSink:
         index = _cached_tile_indices(self._tile_index, g, tile, self.device)[local]
         del local
         best, best_index = self.values[_positions(g, tile)], self.index[_positions(g, tile)]
-        better = tile_max > best
-        better |= (tile_max == best) & (index < best_index)
+        # As torch.max: NaN is the largest value, and the first of equal values wins.
+        nan, best_nan = torch.isnan(tile_max), torch.isnan(best)
+        better = (tile_max > best) | (nan & ~best_nan)
+        better |= ((tile_max == best) | (nan & best_nan)) & (index < best_index)
         best.copy_(torch.where(better, tile_max, best, out=tile_max))
         best_index.copy_(torch.where(better, index, best_index, out=index))
 
@@ -180,7 +185,11 @@ class TopKSink:
 
     State: ``values`` ``(B, k, *out_size)`` (compute dtype), descending, and
     ``index`` ``(B, k, *out_size)`` int64; equal values are ordered by index.
+    NaN ranks above every number (as in ``torch.topk``) when ``ieee`` is set,
+    which the exact NaN/Inf path does.
     """
+
+    ieee = False
 
     def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, k: int) -> None:
         self.geometry, self.dtype, self.device, self.k = geometry, dtype, device, k
@@ -198,7 +207,7 @@ class TopKSink:
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
         g, k = self.geometry, self.k
         flat = _flat_band(band, g.ndim, self.dtype)  # (Bt, *U, J)
-        local = _top_indices(flat, min(k, flat.shape[-1]))
+        local = _top_indices(flat, min(k, flat.shape[-1]), nan_aware=self.ieee)
         top = flat.gather(-1, local)
         del flat
         top_index = _cached_tile_indices(self._tile_index, g, tile, self.device)[local]
@@ -221,7 +230,7 @@ class TopKSink:
         return self.values, self.index
 
 
-def _top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+def _top_indices(flat: torch.Tensor, k: int, *, nan_aware: bool = False) -> torch.Tensor:
     """Indices of the ``k`` largest values along the last axis, ties to the lowest index (any order).
 
     ``torch.topk``'s choice among equal values is unspecified, so it only gives
@@ -231,6 +240,8 @@ def _top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
 
     Args:
         flat: ``(..., J)``.
+        nan_aware: rank NaN above every number, as ``torch.topk`` does (the
+            comparisons with ``t`` alone would never select a NaN).
 
     Returns:
         int64 ``(..., k)``.
@@ -239,10 +250,15 @@ def _top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     t = flat.topk(k, dim=-1).values[..., -1:]
     key = torch.empty_like(flat)
     key.copy_(torch.arange(0, -J, -1, dtype=flat.dtype, device=flat.device))
-    mask = torch.eq(flat, t)
-    key.masked_fill_(mask.logical_not_(), -math.inf)
-    key.masked_fill_(torch.gt(flat, t, out=mask), J)
-    del mask
+    if nan_aware:
+        nan, t_nan = torch.isnan(flat), torch.isnan(t)
+        equal = torch.where(t_nan, nan, torch.eq(flat, t))
+        greater = torch.gt(flat, t).logical_or_(nan).logical_and_(t_nan.logical_not())
+    else:
+        equal, greater = torch.eq(flat, t), torch.gt(flat, t)
+    key.masked_fill_(equal.logical_not_(), -math.inf)
+    key.masked_fill_(greater, J)
+    del equal, greater
     return key.topk(k, dim=-1).indices
 
 
@@ -256,6 +272,9 @@ class SoftArgmaxSink:
 
     State: ``m``, ``z`` ``(B, *out_size)`` and ``s`` ``(B, N, *out_size)``, compute dtype.
     """
+
+    #: Set on the exact NaN/Inf path; NaN and Inf propagate as in torch.softmax either way.
+    ieee = False
 
     def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, temperature: float) -> None:
         self.geometry, self.dtype, self.device, self.temperature = geometry, dtype, device, temperature
@@ -273,7 +292,7 @@ class SoftArgmaxSink:
         # backward: the recomputed band (turned into probabilities in place) and
         # the weights; per position g.E and the N products g_c * E_c.
         return SinkCost(
-            band=elem, position=(4 + ndim) * elem,
+            band=elem, position=(5 + ndim) * elem + _BOOL_BYTES,
             backward_band=2 * elem, backward_position=(2 + ndim) * elem,
         )
 
@@ -285,8 +304,11 @@ class SoftArgmaxSink:
         w = w.view(*ordered.shape[: 1 + N], -1)
         m_old = self.m[_positions(g, tile)]
         m_new = torch.maximum(m_old, w.amax(dim=-1))
-        w.sub_(m_new.unsqueeze(-1)).exp_()
-        alpha = torch.sub(m_old, m_new).exp_()
+        # While every value so far is -inf, subtract 0 instead (-inf - -inf is NaN):
+        # the weights and the rescaling of the zero sums are then 0, as they should be.
+        shift = m_new.masked_fill(m_new == -math.inf, 0.0)
+        w.sub_(shift.unsqueeze(-1)).exp_()
+        alpha = torch.sub(m_old, shift).exp_()
         self.z[_positions(g, tile)].mul_(alpha).add_(w.sum(dim=-1))
         shifts = self.shifts[_cached_tile_indices(self._tile_index, g, tile, self.device)]  # (J, N)
         s = self.s[_positions(g, tile, slice(None))]
@@ -371,6 +393,7 @@ def _softargmax_grad(
 def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[], Any]):
     """Run the plan into a fresh sink (fresh again on an out-of-memory retry) and return it."""
     g = plan.geometry
+    finite = g.channels == 0 or nonfinite.all_finite(input1, input2)
 
     def attempt(p: Plan):
         sink = make_sink()
@@ -378,8 +401,11 @@ def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: flo
             # Sums over no channels: the volume is 0 everywhere (the engine needs C > 0).
             for tile in iter_tiles(g, p.tiling):
                 sink.consume(tile, input1.new_zeros((tile.batch, *tile.displacements, *tile.positions), dtype=sink.dtype))
-        else:
+        elif finite:
             run_forward(input1, input2, g, p.tiling, sink, scale=scale)
+        else:  # zero padding is not exact for NaN and Inf
+            sink.ieee = True
+            nonfinite.run_forward(input1, input2, p, sink, scale=scale)
         return sink
 
     return with_oom_retry(plan, attempt)
@@ -433,7 +459,7 @@ class SelectFunction(torch.autograd.Function):
         if grad_values is None or not (need1 or need2):
             return None, None, None, None, None
         source = _selection_grad(ctx.plan.geometry, index, grad_values, ctx.plan.compute_dtype)
-        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2)
+        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2, upstream=grad_values)
         return grad1, grad2, None, None, None
 
 
@@ -469,7 +495,7 @@ class SoftArgmaxFunction(torch.autograd.Function):
         if grad is None or not (need1 or need2):
             return None, None, None, None, None
         source = _softargmax_grad(ctx.plan.geometry, m, z, expectation, grad, ctx.temperature)
-        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2)
+        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2, upstream=grad)
         return grad1, grad2, None, None, None
 
 
