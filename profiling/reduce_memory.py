@@ -15,10 +15,12 @@ machine's description):
 Method: fixed seed; one warm-up call on a small input (same code paths: it
 settles the thread pool and first-use allocations without doubling the run
 time), then the measured call, run once (the machine is shared: a single
-run, no median; say so next to the figure), then the same call again: the
-first call of a shape in a process also plans it (a few MiB of the
-planner's own temporaries, see ``docs/profiling.md``), the repeat shows the
-steady state.
+run, no median; say so next to the figure), then the same call again. The
+plan is made (and cached) before either, so neither includes planning. The
+first call of a matmul shape in a process can measure more than the repeat:
+MKL keeps the buffers of its first use of a shape for later calls (its
+"fast memory manager"; ``MKL_DISABLE_FAST_MM=1`` turns that off, and the
+script records whether it is set).
 
 Usage::
 

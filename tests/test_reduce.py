@@ -323,3 +323,11 @@ def test_errors_name_the_argument(kwargs, error, words):
         tiledcorr.correlate_reduce(x, x, patch_size=3, **kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_reduction_plan_says_the_volume_is_never_stored():
+    geometry = make_geometry((1, 4, 9, 11), None, 1, 5, 1, 0, 1, 1)
+    fused = str(plan_geometry(geometry, sink_cost=sink_cost("argmax", None, 2, torch.float32)))
+    stored = str(plan_geometry(geometry))
+    assert "volume (B, *patch, *out)   (1, 5, 5, 9, 11)" in fused and "never stored" in fused
+    assert "output (B, *patch, *out)   (1, 5, 5, 9, 11)" in stored and "never stored" not in stored

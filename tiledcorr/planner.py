@@ -159,9 +159,12 @@ class Plan:
 
     def __str__(self) -> str:
         g, t = self.geometry, self.tiling
+        # A fused reduction's plan (it counts the sink's temporaries) never stores the volume.
+        volume = ("volume (B, *patch, *out)", ", never stored (fused reduction)") if self.sink_cost != SinkCost() else (
+            "output (B, *patch, *out)", "")
         lines = [
             f"tiledcorr plan: {_describe(g)}, {str(self.dtype).replace('torch.', '')} on {self.device_type}",
-            f"  output (B, *patch, *out)   {tuple(g.out_shape)}  {format_bytes(self.output_bytes)}",
+            f"  {volume[0]}   {tuple(g.out_shape)}  {format_bytes(self.output_bytes)}{volume[1]}",
             f"  naive unfold would need    {format_bytes(self.naive_bytes)}",
             f"  budget (workspace)         {format_bytes(self.budget_bytes)}",
             f"  planned peak workspace     forward {format_bytes(self.forward_workspace_bytes)}, "
