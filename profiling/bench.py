@@ -8,7 +8,10 @@ same-run ratios are comparable):
 * ``ref/tiled``: how many times faster than ``spatial_correlation_sampler`` (C++);
 * ``tiled/naive``: tiledcorr's time over the naive unfold approach's (< 1 is faster);
 * ``% matmul``: tiledcorr's effective rate, ``2*B*C*kH*kW*PH*PW*oH*oW`` flops per
-  second, over the rate of one ``torch.matmul`` with the same flop count.
+  second, over the rate of one ``torch.matmul`` with the same flop count;
+* ``copy GB/s``: bytes read and written per second by a plain copy of a
+  tensor the size of the cost volume, timed in the same rounds: the memory
+  bandwidth the run got (other tenants of a shared machine take some).
 
 Saves JSON with the machine's description under ``profiling/results/`` and
 writes the table into ``docs/performance.md`` between markers for this
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -82,6 +86,19 @@ def _matmul(flops: float, dtype, device):
     return (lambda: a @ b), 2 * n**3
 
 
+def _volume_copy(geometry, dtype, device):
+    """A closure copying a tensor of the volume's size into another, and the bytes it moves.
+
+    A probe of the memory bandwidth the run gets: tiledcorr writes the volume
+    and transposes bands into it, so its share of matmul's rate falls when
+    other tenants load the memory, while matmul's own rate barely moves.
+    """
+    n = math.prod(geometry.out_shape)
+    src = torch.ones(n, dtype=dtype, device=device)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), 2 * n * src.element_size()
+
+
 def time_interleaved(contenders: dict, repeats: dict, device, warmup: dict) -> dict:
     """Median seconds per contender, timed round-robin so all see the same machine load.
 
@@ -125,7 +142,8 @@ def bench_config(name, shape, kw, args, reference) -> dict:
     row = {"name": name, "shape": list(shape), "params": kw, "gflop": flops / 1e9, "plan": plan.to_dict(),
            "forward_plan": forward_plan.to_dict()}
     matmul, matmul_flops = _matmul(flops, dtype, device)
-    contenders, repeats = {"matmul": matmul}, {"matmul": args.repeat}
+    copy, copy_bytes = _volume_copy(plan.geometry, dtype, device)
+    contenders, repeats = {"matmul": matmul, "copy": copy}, {"matmul": args.repeat, "copy": args.repeat}
     use_reference = reference is not None and dtype in (torch.float32, torch.float64) and not args.no_reference
     for label, backward in (("fwd", False), ("fwdbwd", True)):
         contenders[f"tiled_{label}"] = _step(tiledcorr.correlate, x1, x2, kw, backward)
@@ -145,6 +163,7 @@ def bench_config(name, shape, kw, args, reference) -> dict:
         for who in ("tiled", "naive", "ref"):
             row[f"{who}_{label}_s"] = medians.get(f"{who}_{label}")
     row["matmul_gflops"] = matmul_flops / medians["matmul"] / 1e9
+    row["copy_gbytes_per_s"] = copy_bytes / medians["copy"] / 1e9
     row["tiled_fwd_gflops"] = flops / row["tiled_fwd_s"] / 1e9
     row["tiled_fwdbwd_gflops"] = 3 * flops / row["tiled_fwdbwd_s"] / 1e9  # backward: two more products per term
     return row
@@ -156,7 +175,7 @@ def _ratio(num, den) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| config | GFLOP | tiled fwd ms | ref/tiled fwd | tiled/naive fwd | % matmul fwd "
-            "| tiled fwd+bwd ms | ref/tiled fwd+bwd | tiled/naive fwd+bwd | % matmul fwd+bwd |")
+            "| tiled fwd+bwd ms | ref/tiled fwd+bwd | tiled/naive fwd+bwd | % matmul fwd+bwd | copy GB/s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         pct_f = 100 * r["tiled_fwd_gflops"] / r["matmul_gflops"]
@@ -164,7 +183,8 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['name']} | {r['gflop']:.2f} | {1e3 * r['tiled_fwd_s']:.1f} | {_ratio(r['ref_fwd_s'], r['tiled_fwd_s'])} "
             f"| {_ratio(r['tiled_fwd_s'], r['naive_fwd_s'])} | {pct_f:.0f}% | {1e3 * r['tiled_fwdbwd_s']:.1f} "
-            f"| {_ratio(r['ref_fwdbwd_s'], r['tiled_fwdbwd_s'])} | {_ratio(r['tiled_fwdbwd_s'], r['naive_fwdbwd_s'])} | {pct_b:.0f}% |"
+            f"| {_ratio(r['ref_fwdbwd_s'], r['tiled_fwdbwd_s'])} | {_ratio(r['tiled_fwdbwd_s'], r['naive_fwdbwd_s'])} | {pct_b:.0f}% "
+            f"| {r['copy_gbytes_per_s']:.1f} |"
         )
     return "\n".join(lines)
 
