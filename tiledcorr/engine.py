@@ -543,7 +543,7 @@ class RowMatmul:
             sizes.update({"g1": Bt * K * T, "g2": Bt * K * R})
             if RowMatmul.stacked_grad2(geometry):
                 sizes["x1_padded"] = Bt * K * (rows.rows + 2 * (rows.lead_disp - 1)) * rows.cols
-                sizes["z"] = Bt * rows.extent[0] * rows.lead_disp * rows.cols * rows.width
+                sizes["y"] = Bt * stacked_gradient_elements(rows.rows, rows.lead_disp, rows.cols, rows.width)
         return sizes
 
     @staticmethod
@@ -600,15 +600,12 @@ class RowMatmul:
         g, N = ctx.geometry, ctx.geometry.ndim
         rows = _rows(g, tile.positions, tile.displacements)
         extent = rows.extent
-        stacked = RowMatmul.stacked_grad2(g)
-        if grad1 is not None or (grad2 is not None and not stacked):
-            gy = ctx.ws.zeroed_view("y", tile.shape, tile.batch, rows.rows, rows.cols, rows.columns)
-            gy_band = RowMatmul._band(gy, g, tile, rows)
-            transpose_band(gy_band, swap_band_order(grad_band, N), 1 + N)
-            # The one transpose of the gradient (volume order to position-major);
-            # the stacked input2 gradient copies its band from here, contiguous
-            # along the last displacement on both sides, instead of transposing again.
-            grad_band = swap_band_order(gy_band, N)
+        stacked = RowMatmul.stacked_grad2(g) and grad2 is not None
+        # The one transpose of the gradient (volume order to position-major); the
+        # stacked input2 gradient multiplies a strided view of the same buffer.
+        gy = RowMatmul._stacked_gy(ctx, tile, rows) if stacked else ctx.ws.zeroed_view(
+            "y", tile.shape, tile.batch, rows.rows, rows.cols, rows.columns)
+        transpose_band(RowMatmul._band(gy, g, tile, rows), swap_band_order(grad_band, N), 1 + N)
         x1 = ctx.gather_x1(tile) if grad2 is not None and not stacked else None
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
         K = len(ctx.offsets) * g.channels
@@ -623,8 +620,8 @@ class RowMatmul:
                 (rows.rows * K * rows.cols, g.channels * rows.cols, rows.cols, *lead, 1),
             )
             ctx.scatter_g1(grad1, tile, view)
-        if grad2 is not None and stacked:
-            RowMatmul._grad2_stacked(ctx, tile, grad_band, extent, rows, grad2)
+        if stacked:
+            RowMatmul._grad2_stacked(ctx, tile, gy, extent, rows, grad2)
         elif grad2 is not None:
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_()
             per_row = rows.columns // rows.lead_disp  # one lead displacement's block: J2..J(N-1) x EN
@@ -638,15 +635,33 @@ class RowMatmul:
             ctx.scatter_g2(grad2, tile, g2, extent)
 
     @staticmethod
-    def _grad2_stacked(ctx: _Context, tile: Tile, grad_band: torch.Tensor, extent, rows: _Rows, grad2) -> None:
+    def _stacked_gy(ctx: _Context, tile: Tile, rows: _Rows) -> torch.Tensor:
+        """The position-major gradient ``(Bt, U1, UN, J1*EN)`` laid out for :meth:`_grad2_stacked`.
+
+        Rows of positions are ``UN*J1*EN + EN`` elements apart (one region row
+        more than they hold) and the buffer has zero rows of positions before
+        and after the tile (:func:`stacked_padding`): then the stacked operand
+        of every region row is a strided view of this buffer, not a copy.
+        """
+        U1, UN, J1, EN = rows.rows, rows.cols, rows.lead_disp, rows.width
+        before, after = stacked_padding(U1, J1)
+        step = UN * J1 * EN + EN
+        full = ctx.ws.zeroed_view("y", tile.shape, tile.batch, (before + U1 + after) * step)
+        return full.as_strided((tile.batch, U1, UN, J1 * EN), (full.stride(0), step, J1 * EN, 1), before * step)
+
+    @staticmethod
+    def _grad2_stacked(ctx: _Context, tile: Tile, gy: torch.Tensor, extent, rows: _Rows, grad2) -> None:
         """Input2's gradient over the region as a few bmms per batch item (2-D, ``m1 == 1``).
 
         Region row ``e`` receives from the ``J1`` position rows ``a = e - j``
         (displacement ``j``); stacking those rows makes it one matmul (done for
         groups of region rows over the window rows inside the tile, :func:`stacked_groups`):
         ``G2[e] (K x EW) = [X1 rows e-J1+1 .. e] (K x J1*UW) @ Z[e] (J1*UW x EW)``,
-        with ``Z[e, J1-1-j, b, b*mW + jW] = grad[j, jW, e-j, b]`` (zero elsewhere)
-        and input1's rows zero-padded by ``J1 - 1`` at both ends.
+        with ``Z[e, w] = gy[e - J1 + 1 + w, :, J1 - 1 - w]`` (a ``UW x EW`` block)
+        and input1's rows zero-padded by ``J1 - 1`` at both ends. With ``gy``'s
+        rows of positions ``UW*J1*EW + EW`` apart (:meth:`_stacked_gy`), block
+        ``w + 1`` starts ``UW`` rows of ``J1*EW`` after block ``w``, so ``Z[e]``
+        is a matrix with a leading dimension: a view of ``gy``.
         """
         g = ctx.geometry
         K, (U1, UW), J1, (E1, EW) = len(ctx.offsets) * g.channels, tile.positions, rows.lead_disp, extent
@@ -654,25 +669,17 @@ class RowMatmul:
         x1p = ctx.ws.zeroed_view("x1_padded", tile.shape, tile.batch, K, padded_rows, UW)
         inside = x1p.view(tile.batch, len(ctx.offsets), g.channels, padded_rows, UW)[:, :, :, J1 - 1 : J1 - 1 + U1]
         ctx.gather_x1(tile, out=inside)
-        z = ctx.ws.zeroed_view("z", tile.shape, tile.batch, E1, J1, UW, EW)
-        s = z.stride()
-        m_w = g.lattice(1).region_step
-        band = z.as_strided(
-            (tile.batch, J1, tile.displacements[1], U1, UW),
-            (s[0], s[1] - s[2], 1, s[1], s[3] + m_w),
-            z.storage_offset() + (J1 - 1) * s[2],
-        )
-        transpose_band(band, grad_band, 1)
         g2 = ctx.ws.view("g2", tile.batch, E1, K, EW)
+        row_step, block = gy.stride(1), gy.stride(2)  # UW*J1*EW + EW, J1*EW
         for b in range(tile.batch):
             item = x1p[b]
             windows = item.as_strided((E1, K, J1 * UW), (UW, padded_rows * UW, 1), item.storage_offset())
             for e0, e1, w0, w1 in stacked_groups(U1, J1):
-                torch.bmm(
-                    windows[e0:e1, :, w0 * UW : w1 * UW],
-                    z[b, e0:e1, w0:w1].reshape(e1 - e0, (w1 - w0) * UW, EW),
-                    out=g2[b, e0:e1],
+                z = gy.as_strided(
+                    (e1 - e0, (w1 - w0) * UW, EW), (row_step, block, 1),
+                    gy[b].storage_offset() + (e0 - J1 + 1 + w0) * row_step + (J1 - 1 - w0) * EW,
                 )
+                torch.bmm(windows[e0:e1, :, w0 * UW : w1 * UW], z, out=g2[b, e0:e1])
         ctx.scatter_g2(grad2, tile, g2.view(tile.batch, E1, len(ctx.offsets), g.channels, EW).permute(0, 2, 3, 1, 4), extent)
 
 
@@ -708,6 +715,24 @@ def stacked_groups(rows: int, lead_disp: int) -> tuple[tuple[int, int, int, int]
 def stacked_window_rows(rows: int, lead_disp: int) -> int:
     """Region rows times window rows the grouped stacked gradient multiplies (the planner's flop count)."""
     return sum((e1 - e0) * (w1 - w0) for e0, e1, w0, w1 in stacked_groups(rows, lead_disp))
+
+
+@functools.lru_cache(maxsize=256)
+def stacked_padding(rows: int, lead_disp: int) -> tuple[int, int]:
+    """Zero rows of positions the stacked gradient's views reach before and after the tile.
+
+    Window row ``w`` of region row ``e`` reads position row ``e - J1 + 1 + w``;
+    the groups (:func:`stacked_groups`) keep that within a few rows of the tile.
+    """
+    first = min(e0 - lead_disp + 1 + w0 for e0, _, w0, _ in stacked_groups(rows, lead_disp))
+    last = max(e1 - lead_disp + w1 - 1 for _, e1, _, w1 in stacked_groups(rows, lead_disp))
+    return max(0, -first), max(0, last - (rows - 1))
+
+
+def stacked_gradient_elements(rows: int, lead_disp: int, cols: int, width: int) -> int:
+    """Elements of :meth:`RowMatmul._stacked_gy`'s buffer per batch item (the planner's memory model)."""
+    before, after = stacked_padding(rows, lead_disp)
+    return (before + rows + after) * (cols * lead_disp * width + width)
 
 
 def _largest_tile(geometry: Geometry, tiling: Tiling) -> tuple[tuple[int, ...], tuple[int, ...]]:

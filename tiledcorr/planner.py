@@ -21,7 +21,7 @@ import torch
 
 from . import checks
 from .budget import format_bytes, free_memory, resolve_budget
-from .engine import STRATEGIES, RowMatmul, Tiling, compute_dtype, stacked_window_rows, workspace_elements
+from .engine import STRATEGIES, RowMatmul, Tiling, compute_dtype, stacked_padding, stacked_window_rows, workspace_elements
 from .errors import ArgumentValueError, MemoryBudgetError, ShapeError
 from .geometry import Geometry, count_spans
 
@@ -503,18 +503,21 @@ def _candidates(
     row_calls = Bt * rows * model.gemm_overhead
     row_fwd = 2 * Y_row * K / row_rate + row_calls + (gather_bytes + band_bytes) / model.bandwidth
     # Backward: input1's gradient is one bmm like the forward; input2's is one
-    # bmm over stacked rows (2-D, m1 == 1: RowMatmul._grad2_stacked, with a
-    # second copy of the band) or one bmm per leading displacement.
+    # bmm over stacked rows (2-D, m1 == 1: RowMatmul._grad2_stacked, whose
+    # stacked operand is a view of the gradient's buffer, padded with zero
+    # rows of positions) or one bmm per leading displacement.
     stacked = RowMatmul.stacked_grad2(geometry)
-    Z_row = Bt * E[:, 0] * lead_disp * cols * width
     x1_padded = Bt * K * (rows + 2 * (lead_disp - 1)) * cols
+    Y_bwd = Y_row
     if stacked:
         # Only the window rows inside the tile are multiplied (engine.stacked_groups).
         pairs, inverse = np.unique(np.stack([rows, lead_disp], 1).astype(np.int64), axis=0, return_inverse=True)
         window_rows = np.array([stacked_window_rows(int(r), int(j)) for r, j in pairs], dtype=np.float64)[inverse.ravel()]
+        padding = np.array([sum(stacked_padding(int(r), int(j))) for r, j in pairs], dtype=np.float64)[inverse.ravel()]
+        Y_bwd = Bt * (rows + padding) * (cols * lead_disp * width + width)  # engine.stacked_gradient_elements
         Z_mm = Bt * window_rows * cols * width
         g2_s = 2 * Z_mm * K / (model.matmul_flops * eff(lead_disp * cols) * eff(width) * eff(K)) + Bt * E[:, 0] * model.gemm_overhead
-        g2_bytes = band_bytes + elem * (Z_row + x1_padded)
+        g2_bytes = elem * x1_padded
     else:
         g2_s = 2 * Y_row * K / (model.matmul_flops * cols_eff * eff(width) * eff(K)) + lead_disp * row_calls
         g2_bytes = 0.0
@@ -537,7 +540,7 @@ def _candidates(
     )
     bwd_elems = np.select(
         [is_mm, is_row],
-        [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_row + (Z_row + x1_padded if stacked else 0)],
+        [2 * Bt * K * T + 2 * Bt * K * R + Bt * T * R, 2 * Bt * K * T + 2 * Bt * K * R + Y_bwd + (x1_padded if stacked else 0)],
         2 * Bt * K * T + 2 * Bt * K * R + Bt * Jp * T,
     )
     return {"tiling": grid_.tiling, "fwd_bytes": fwd_elems * elem, "bwd_bytes": bwd_elems * elem,
