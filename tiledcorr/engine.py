@@ -789,18 +789,19 @@ class Lockstep:
 
     Args:
         problems: ``(x1, x2, geometry, scale)`` for each correlation; the
-            geometries may differ in channels only (the tiling is shared).
+            geometries may differ in channels only (the tiling is shared), and
+            the inputs in dtype (gathering a tile converts them).
         tiling: the plan's tiling.
+        dtype: the compute dtype of the workspace.
     """
 
-    def __init__(self, problems: list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], tiling: Tiling) -> None:
+    def __init__(self, problems: list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], tiling: Tiling,
+                 dtype: torch.dtype) -> None:
         self.strategy = get_strategy(tiling.strategy)
         sizes: dict[str, int] = {}
         for _, _, geometry, _ in problems:
             for name, n in self.strategy.buffers(geometry, tiling, False).items():
                 sizes[name] = max(sizes.get(name, 0), n)
-        # The widest compute dtype (float64 inputs with float32 indicator maps, say).
-        dtype = max((compute_dtype(x1.dtype) for x1, _, _, _ in problems), key=lambda d: torch.finfo(d).bits)
         self.ws = Workspace(sizes, dtype, problems[0][0].device)
         self.contexts = [_Context(g, a, b, self.ws, scale, self.strategy) for a, b, g, scale in problems]
 

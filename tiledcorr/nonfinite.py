@@ -43,7 +43,7 @@ skipped (a NaN in input1 alone leaves 4 or 5 pairs); in the forward, the pairs
 of one kind are stacked along channels as far as the plan's budget allows, so
 typically 2 or 3 extra correlations per tile; the backward makes one call per
 live pair. Temporaries beyond the plan's workspace: zeroed copies of the
-inputs; two float32 indicator maps per live pair, all at once; the forward's
+inputs; two one-byte indicator maps per live pair, all at once; the forward's
 shared workspace is that of the widest stacked problem; one byte per element
 of the current tile's band for its class (plus a comparison's temporaries);
 in the backward one byte per input element for the class and a float32 count
@@ -59,7 +59,7 @@ from typing import Callable
 
 import torch
 
-from .engine import GradSource, Lockstep, Sink, Tile, iter_tiles, run_backward as engine_backward
+from .engine import GradSource, Lockstep, Sink, Tile, compute_dtype, iter_tiles, run_backward as engine_backward
 from .engine import workspace_elements
 from .planner import Plan
 
@@ -106,8 +106,8 @@ class Indicators:
             self._present[name] = bool(_CLASSES[name](self.x).any())
         return self._present[name]
 
-    def map(self, name: str) -> torch.Tensor:
-        return _CLASSES[name](self.x).to(torch.float32)
+    def map(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return _CLASSES[name](self.x).to(dtype)
 
 
 def _live_pairs(left: Indicators, right: Indicators, pairs) -> list[tuple[str, str]]:
@@ -177,12 +177,12 @@ def _stack_size(plan: Plan, count: int) -> int:
 
     Correlations of pairs stacked along channels add up, and only "> 0" is
     used, so ``n`` pairs cost one problem with ``n*C`` channels. All ``count``
-    pairs' float32 maps (two each) exist at once; the workspace, shared by the
+    pairs' one-byte maps (two each) exist at once; the workspace, shared by the
     problems of a tile, is that of the widest, and both must fit
     ``plan.budget_bytes``.
     """
     g = plan.geometry
-    maps = 4 * 2 * count * g.batch * g.channels * math.prod(g.in_size)
+    maps = 2 * count * g.batch * g.channels * math.prod(g.in_size)
     for n in range(count, 1, -1):
         stacked = dataclasses.replace(g, channels=n * g.channels)
         workspace = sum(workspace_elements(stacked, plan.tiling, backward=False).values())
@@ -207,8 +207,9 @@ def _exact_problems(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float
         kind = [pair for b, pair in live if b == bit]
         for i in range(0, len(kind), n):
             chunk = kind[i : i + n]
-            a = torch.cat([left.map(c1) for c1, _ in chunk], dim=1)
-            b = torch.cat([right.map(c2) for _, c2 in chunk], dim=1)
+            # One byte per value: the engine converts while it gathers tiles.
+            a = torch.cat([left.map(c1, torch.uint8) for c1, _ in chunk], dim=1)
+            b = torch.cat([right.map(c2, torch.uint8) for _, c2 in chunk], dim=1)
             problems.append((a, b, dataclasses.replace(g, channels=a.shape[1]), 1.0))
             sinks.append(_MarkSink(code, bit))
     problems.append((_zeroed(x1), _zeroed(x2), g, scale))
@@ -229,7 +230,7 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, sink: Sink, *, s
         scale: multiplies every output value (positive).
     """
     problems, sinks = _exact_problems(x1, x2, plan, scale, sink)
-    lockstep = Lockstep(problems, plan.tiling)
+    lockstep = Lockstep(problems, plan.tiling, compute_dtype(x1.dtype))
     try:
         for tile in iter_tiles(plan.geometry, plan.tiling):
             lockstep.forward(tile, sinks)
@@ -254,7 +255,7 @@ class _ExactBands:
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         if self._lockstep is None:
             problems, self._sinks = _exact_problems(self.x1, self.x2, self.plan, self.scale, self._keep)
-            self._lockstep = Lockstep(problems, self.plan.tiling)
+            self._lockstep = Lockstep(problems, self.plan.tiling, compute_dtype(self.x1.dtype))
         self._lockstep.forward(tile, self._sinks)
         band, self._keep.band = self._keep.band, None
         return band
