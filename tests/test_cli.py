@@ -88,6 +88,15 @@ def test_plan_json_is_to_dict(capsys):
     assert data["dtype"] == "float16" and data["stride"] == [2, 2]
 
 
+def test_plan_of_a_fused_reduction(capsys):
+    code, out, _ = _run(capsys, "plan", "--shape", "2,8,20,24", "--patch-size", "9", "--budget", "256KiB",
+                        "--reduction", "topk", "--k", "3")
+    expected = tiledcorr.plan((2, 8, 20, 24), patch_size=9, memory_budget="256KiB", reduction="topk", k=3)
+    assert code == 0 and out.strip() == str(expected) and "never stored" in out
+    code, _, err = _run(capsys, "plan", *TINY, "--reduction", "argmax", "--backward")
+    assert code == 1 and "argmax has no gradient" in err
+
+
 def test_plan_budget_too_small_exits_1(capsys):
     code, _, err = _run(capsys, "plan", *TINY, "--budget", "8")
     assert code == 1 and "too small" in err and "memory_budget" in err

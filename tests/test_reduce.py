@@ -331,3 +331,33 @@ def test_a_reduction_plan_says_the_volume_is_never_stored():
     stored = str(plan_geometry(geometry))
     assert "volume (B, *patch, *out)   (1, 5, 5, 9, 11)" in fused and "never stored" in fused
     assert "output (B, *patch, *out)   (1, 5, 5, 9, 11)" in stored and "never stored" not in stored
+
+
+@pytest.mark.parametrize("reduction, k", [("max", None), ("argmax", None), ("softargmax", None), ("topk", 4)])
+def test_plan_with_a_reduction_is_the_plan_correlate_reduce_makes(reduction, k):
+    """tiledcorr.plan(reduction=...) counts the sink's temporaries as the fused call does."""
+    shape, kw = (2, 6, 21, 19), dict(patch_size=9, padding=1)
+    x1, x2 = _normal_inputs(shape, torch.float32, 3)
+    grad = reduction != "argmax"
+    p = tiledcorr.plan(shape, **kw, memory_budget="96KiB", requires_grad=grad, reduction=reduction, k=k)
+    a, b = x1.clone().requires_grad_(grad), x2.clone().requires_grad_(grad)
+    geometry = make_geometry(shape, None, 1, 9, 1, 1, 1, 1)
+    made = plan_geometry(geometry, memory_budget="96KiB", requires_grad=grad, sink_cost=sink_cost(reduction, k, 2, torch.float32))
+    assert p == made and p.sink_cost != tiledcorr.plan(shape, **kw, memory_budget="96KiB", requires_grad=grad).sink_cost
+    assert p.passes > 2
+    out = tiledcorr.correlate_reduce(a, b, **kw, reduction=reduction, k=k, memory_budget="96KiB")
+    given = tiledcorr.correlate_reduce(a, b, **kw, reduction=reduction, k=k, plan=p)
+    for got, want in zip(out if reduction == "topk" else (out,), given if reduction == "topk" else (given,)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(reduction="mean"), "reduction must be one of"),
+    (dict(k=2), "no reduction"),
+    (dict(reduction="topk"), "needs k"),
+    (dict(reduction="max", k=2), "only used by reduction='topk'"),
+    (dict(reduction="argmax", requires_grad=True), "argmax has no gradient"),
+])
+def test_plan_with_a_bad_reduction_says_why(kw, message):
+    with pytest.raises(tiledcorr.TiledCorrError, match=message):
+        tiledcorr.plan((1, 4, 9, 9), patch_size=5, **kw)

@@ -24,6 +24,7 @@ from .planner import plan
 from .plotting import import_pyplot, plot_sweep
 from .profile import PARAM_DEFAULTS, Problem, Result, naive_skip_reason, profile_naive, profile_tiled, runs_per_measurement, sweep
 from .progress import Progress
+from .reduce import REDUCTIONS
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print the plan for a problem (no tensors are allocated)")
     _add_problem_options(p)
+    p.add_argument("--reduction", choices=REDUCTIONS,
+                   help="plan the fused reduction correlate_reduce() runs instead of the stored cost volume")
+    p.add_argument("--k", type=at_least(1), help="values kept per position by --reduction topk")
     p.add_argument("--json", action="store_true", help="print plan.to_dict() as JSON")
     p.set_defaults(run=cmd_plan)
 
@@ -179,7 +183,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ArgumentValueError("planning for cuda on a machine without one needs an absolute --budget such as 8GiB "
                                  "(the default is a fraction of the device's free memory)")
     p = plan(args.shape, **_params(args), dtype=_DTYPES[args.dtype], device=args.device,
-             memory_budget=args.budget, requires_grad=args.backward)
+             memory_budget=args.budget, requires_grad=args.backward, reduction=args.reduction, k=args.k)
     print(json.dumps(p.to_dict(), indent=2) if args.json else p)
     return 0
 

@@ -234,6 +234,8 @@ def plan(
     memory_budget: Any = None,
     requires_grad: bool = False,
     strategy: str | None = None,
+    reduction: str | None = None,
+    k: int | None = None,
 ) -> Plan:
     """Plan a correlation from shapes alone.
 
@@ -249,6 +251,11 @@ def plan(
             accepts. The output itself is not counted (``Plan.output_bytes``).
         requires_grad: plan so that the backward fits the budget too.
         strategy: force one strategy of :data:`tiledcorr.engine.STRATEGIES`.
+        reduction: plan the fused reduction :func:`tiledcorr.correlate_reduce`
+            runs (``"max"``, ``"argmax"``, ``"softargmax"`` or ``"topk"``), its
+            per-tile temporaries counted against the budget: the plan it makes
+            itself for that budget. ``None``: the cost volume of :func:`tiledcorr.correlate`.
+        k: the number of values ``"topk"`` keeps.
 
     Returns:
         The fastest :class:`Plan` that fits (see the module docstring).
@@ -256,9 +263,17 @@ def plan(
     Raises:
         MemoryBudgetError: not even the smallest tile fits; the message states
             the smallest budget that works.
+        ArgumentValueError: an unknown ``reduction``, a ``k`` it does not take,
+            or ``requires_grad=True`` with ``"argmax"`` (which has no gradient).
     """
     geometry = make_geometry(input1_shape, input2_shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
-    return plan_geometry(geometry, dtype=dtype, device=device, memory_budget=memory_budget, requires_grad=requires_grad, strategy=strategy)
+    sink_cost = None
+    if reduction is not None or k is not None:
+        from .reduce import reduction_cost  # the reductions build on the planner
+
+        sink_cost = reduction_cost(reduction, k, geometry, checks.check_dtype("dtype", dtype), requires_grad)
+    return plan_geometry(geometry, dtype=dtype, device=device, memory_budget=memory_budget, requires_grad=requires_grad,
+                         strategy=strategy, sink_cost=sink_cost)
 
 
 def plan_geometry(

@@ -421,6 +421,20 @@ def _make_sink(reduction: str, plan: Plan, device: torch.device, k: int | None, 
     return lambda: SoftArgmaxSink(g, dtype, device, temperature)
 
 
+def reduction_cost(reduction: Any, k: Any, geometry: Geometry, dtype: torch.dtype, requires_grad: Any) -> SinkCost:
+    """What ``tiledcorr.plan(reduction=..., k=...)`` counts, validated as :func:`correlate_reduce` does."""
+    if reduction is None:
+        raise ArgumentValueError(f"k is only used with reduction='topk', got k={checks.show(k)} and no reduction")
+    reduction = _check_reduction(reduction)
+    k = _check_k(k, reduction, geometry.num_displacements)
+    if reduction == "argmax" and checks.check_bool("requires_grad", requires_grad):
+        raise ArgumentValueError(
+            "requires_grad=True with reduction='argmax': argmax has no gradient (its results are integer "
+            "displacements), so correlate_reduce plans its forward only; plan with requires_grad=False"
+        )
+    return sink_cost(reduction, k, geometry.ndim, dtype)
+
+
 def sink_cost(reduction: str, k: int | None, ndim: int, dtype: torch.dtype) -> SinkCost:
     """The per-tile temporaries of a reduction (see :class:`tiledcorr.planner.SinkCost`)."""
     elem = torch.empty((), dtype=compute_dtype(dtype)).element_size()
@@ -585,8 +599,10 @@ def correlate_reduce(
             ``(B, *out_size)`` per statistic, are not counted). Same forms as
             :func:`tiledcorr.correlate`.
         plan: a ready :class:`tiledcorr.Plan` for these shapes (overrides
-            ``memory_budget``); its tiling is used as is, and a plan from
-            :func:`tiledcorr.plan` budgets the engine's workspace only.
+            ``memory_budget``); its tiling is used as is. A plan from
+            ``tiledcorr.plan(..., reduction=reduction, k=k)`` is the one this
+            call makes for that budget; without ``reduction`` it budgets the
+            engine's workspace only.
 
     Returns:
         A tensor (``"max"``, ``"argmax"``, ``"softargmax"``) or a :class:`TopK`.
