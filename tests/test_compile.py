@@ -98,3 +98,46 @@ def test_flownet_shim_compiles_without_graph_breaks():
 
     fn = lambda x, y: flownet_correlation(x, y, 2, 3, 4, 1, 2).relu()  # noqa: E731
     _assert_compiles_like_eager(fn, *_inputs(5))
+
+
+@pytest.mark.parametrize("reduction, k", [("max", None), ("softargmax", None), ("topk", 3)])
+def test_fused_reductions_compile_without_graph_breaks(reduction, k):
+    """correlate_reduce is the custom operator tiledcorr::correlate_reduce under compile; gradients match eager."""
+    kw = dict(patch_size=(5, 3), padding=1, dilation_patch=(1, 2), normalize="channels", memory_budget="8KiB")
+
+    def fn(x, y):
+        out = tiledcorr.correlate_reduce(x, y, reduction=reduction, k=k, temperature=0.5, **kw)
+        return out.values if reduction == "topk" else out
+
+    a, b = _inputs(6)
+    p = tiledcorr.plan(a.shape, dtype=a.dtype, requires_grad=True, reduction=reduction, k=k,
+                       **{n: v for n, v in kw.items() if n != "normalize"})
+    assert p.passes > 2  # several tiles, so the running reductions combine
+    _assert_compiles_like_eager(fn, a, b)
+
+
+def test_argmax_and_topk_displacements_compile_without_graph_breaks():
+    kw = dict(patch_size=5, padding=2, memory_budget="8KiB")
+
+    def fn(x, y):
+        top = tiledcorr.correlate_reduce(x, y, reduction="topk", k=2, **kw)
+        return tiledcorr.correlate_reduce(x, y, reduction="argmax", **kw), top.displacements
+
+    a, b = _inputs(7)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(fn)(a, b).graph_break_count == 0
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    for got, expected in zip(compiled(a, b), fn(a, b)):
+        assert got.dtype == torch.long and torch.equal(got, expected)
+
+
+def test_reduction_operator_called_directly_equals_correlate_reduce():
+    from tiledcorr import ops
+
+    a, b = _inputs(8)
+    geometry = tiledcorr.plan(a.shape, patch_size=3, dtype=a.dtype).geometry
+    values, index, _ = torch.ops.tiledcorr.correlate_reduce(
+        a, b, *ops.geometry_args(geometry), 1.0, ops.encode_budget(None), "topk", 2, 1.0)
+    expected = tiledcorr.correlate_reduce(a, b, patch_size=3, reduction="topk", k=2)
+    torch.testing.assert_close(values, expected.values, rtol=0, atol=0)
+    assert index.shape == (2, 2, 9, 11) and index.dtype == torch.long

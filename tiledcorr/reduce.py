@@ -20,24 +20,29 @@ was selected from (no recomputation needed); "softargmax" recomputes each
 tile's band in the backward and uses the softmax statistics (running max and
 normaliser) saved by the forward. Both use :func:`tiledcorr.engine.run_backward`
 with their own gradient source, so the backward holds one tile too.
+
+Under ``torch.compile`` the same forward and backward run inside the custom
+operators ``tiledcorr::correlate_reduce`` and ``tiledcorr::correlate_reduce_backward``
+(as :mod:`tiledcorr.ops` does for the volume), so a compiled model has no
+graph break at the call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import checks, nonfinite
-from .autograd import backward_inputs, with_oom_retry
+from . import checks, nonfinite, ops
+from .autograd import backward_inputs, guard_double_backward, with_oom_retry
 from .engine import Tile, compute_dtype, iter_tiles, run_forward, swap_band_order
 from .errors import ArgumentTypeError, ArgumentValueError
 from .geometry import Geometry, output_slice
-from .planner import Plan, SinkCost, make_geometry
+from .planner import Plan, SinkCost, make_geometry, plan_geometry
 from .typing import BudgetLike, IntOrTuple, Normalize
 from .volume import _repr_args, normalization_scale, prepare_inputs, resolve_plan
 
@@ -111,6 +116,11 @@ def index_to_displacement(geometry: Geometry, index: torch.Tensor, dim: int) -> 
         int64 tensor of shape ``S`` with an axis of size ``N`` inserted at ``dim``.
     """
     strides = _flat_strides(geometry.patch)
+    if torch.compiler.is_compiling():  # out= is not traceable; the compiler plans the memory itself
+        return torch.stack([
+            torch.div(index, strides[d], rounding_mode="floor").remainder(geometry.patch[d])
+            .sub(geometry.radius[d]).mul(geometry.dilation_patch[d]) for d in range(geometry.ndim)
+        ], dim=dim)
     shape = list(index.shape)
     shape.insert(dim, geometry.ndim)
     out = torch.empty(shape, dtype=torch.long, device=index.device)
@@ -513,6 +523,103 @@ class SoftArgmaxFunction(torch.autograd.Function):
         return grad1, grad2, None, None, None
 
 
+# --------------------------------------------------------------------------- custom operators
+
+
+def _op_plan(input1: torch.Tensor, geometry: Geometry, budget: str, reduction: str, k: int | None, backward: bool) -> Plan:
+    return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=ops.decode_budget(budget),
+                         requires_grad=backward, sink_cost=sink_cost(reduction, k, geometry.ndim, input1.dtype))
+
+
+@torch.library.custom_op("tiledcorr::correlate_reduce", mutates_args=())
+def correlate_reduce_op(
+    input1: torch.Tensor, input2: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int],
+    padding: Sequence[int], dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int],
+    scale: float, budget: str, reduction: str, k: int, temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fused reduction for ``torch.compile``: ``(values, index, unused)`` or, for "softargmax", ``(E, m, z)``.
+
+    The arguments are those of ``tiledcorr::correlate`` (:mod:`tiledcorr.ops`)
+    plus the reduction, ``k`` (0 for none) and the temperature; like that
+    operator it plans at run time, the forward for the forward alone. The
+    selections are ``(B, k, *out_size)`` (values in the input dtype, int64
+    flat indices); the soft-argmax gives ``E`` ``(B, N, *out_size)`` and its
+    softmax statistics ``(B, *out_size)`` for the backward.
+    """
+    geometry = ops.geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    plan = _op_plan(input1, geometry, budget, reduction, k or None, backward=False)
+    if reduction == "softargmax":
+        expectation, m, z = SoftArgmaxFunction.forward(input1, input2, plan, scale, temperature)
+        return expectation, m, z
+    values, index = SelectFunction.forward(input1, input2, plan, scale, _make_sink(reduction, plan, input1.device, k or None, temperature))
+    return values, index, values.new_empty(0)
+
+
+@correlate_reduce_op.register_fake
+def _correlate_reduce_fake(input1, input2, kernel, patch, stride, padding, dilation, dilation_patch, out_limit, scale,
+                           budget, reduction, k, temperature):
+    geometry = ops.geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    positions = (geometry.batch, *geometry.out_size)
+    if reduction == "softargmax":
+        stats = input1.new_empty(positions, dtype=compute_dtype(input1.dtype))
+        return input1.new_empty((geometry.batch, geometry.ndim, *geometry.out_size)), stats, stats.clone()
+    selected = (geometry.batch, k or 1, *geometry.out_size)
+    return input1.new_empty(selected), input1.new_empty(selected, dtype=torch.long), input1.new_empty(0)
+
+
+@torch.library.custom_op("tiledcorr::correlate_reduce_backward", mutates_args=())
+def correlate_reduce_backward_op(
+    grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+    third: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int], scale: float, budget: str,
+    reduction: str, k: int, temperature: float, need1: bool, need2: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both input gradients of :func:`correlate_reduce_op` from the gradient of its first result (empty: not needed)."""
+    geometry = ops.geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    plan = _op_plan(input1, geometry, budget, reduction, k or None, backward=True)
+    if reduction == "softargmax":
+        source = _softargmax_grad(geometry, second, third, first, grad, temperature)
+    else:
+        source = _selection_grad(geometry, second, grad, plan.compute_dtype)
+    grad1, grad2 = backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad)
+    return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
+
+
+@correlate_reduce_backward_op.register_fake
+def _correlate_reduce_backward_fake(grad, input1, input2, first, second, third, kernel, patch, stride, padding, dilation,
+                                    dilation_patch, out_limit, scale, budget, reduction, k, temperature, need1, need2):
+    return (input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,)))
+
+
+def _op_setup_context(ctx, inputs, output) -> None:
+    input1, input2, *rest = inputs
+    ctx.save_for_backward(input1, input2, *output)
+    ctx.rest = rest
+
+
+def _op_backward(ctx, grad, _grad_second, _grad_third):
+    input1, input2, first, second, third = ctx.saved_tensors
+    need1, need2 = ctx.needs_input_grad[:2]
+    grad1, grad2 = torch.ops.tiledcorr.correlate_reduce_backward(grad, input1, input2, first, second, third, *ctx.rest,
+                                                                need1, need2)
+    grad1 = guard_double_backward(grad1, input1, input2) if need1 else None
+    grad2 = guard_double_backward(grad2, input1, input2) if need2 else None
+    return (grad1, grad2) + (None,) * len(ctx.rest)
+
+
+correlate_reduce_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+@torch.compiler.disable
+def _reduce_eager(input1, input2, geometry: Geometry, scale: float, memory_budget, plan: Plan | None, reduction: str,
+                  k: int | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, index)``, or ``(E, None)`` for "softargmax", through the autograd Functions."""
+    plan = resolve_plan(geometry, input1, input2, memory_budget, plan, sink_cost=sink_cost(reduction, k, geometry.ndim, input1.dtype))
+    if reduction == "softargmax":
+        return SoftArgmaxFunction.apply(input1, input2, plan, scale, temperature)[0], None
+    return SelectFunction.apply(input1, input2, plan, scale, _make_sink(reduction, plan, input1.device, k, temperature))
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -544,9 +651,6 @@ def _check_temperature(temperature: Any) -> float:
     return temperature
 
 
-# As correlate(): planning reads free memory and caches plans in Python, so the compiler
-# runs the whole call eagerly (one graph break per call).
-@torch.compiler.disable
 def correlate_reduce(
     input1: torch.Tensor,
     input2: torch.Tensor,
@@ -625,14 +729,17 @@ def correlate_reduce(
     geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     k = _check_k(k, reduction, geometry.num_displacements)
     scale = normalization_scale(normalize, geometry.channels, geometry.kernel_volume)
-    cost = sink_cost(reduction, k, geometry.ndim, input1.dtype)
+    budget = ops.encode_budget(memory_budget)
     # argmax has no gradient: plan (and run) the forward only.
     grad_mode = torch.no_grad() if reduction == "argmax" else contextlib.nullcontext()
     with grad_mode, torch.autocast(input1.device.type, enabled=False):
-        plan = resolve_plan(geometry, input1, input2, memory_budget, plan, sink_cost=cost)
-        if reduction == "softargmax":
-            return SoftArgmaxFunction.apply(input1, input2, plan, scale, temperature)[0]
-        values, index = SelectFunction.apply(input1, input2, plan, scale, _make_sink(reduction, plan, input1.device, k, temperature))
+        if torch.compiler.is_compiling() and plan is None and budget is not None:
+            values, index, _ = torch.ops.tiledcorr.correlate_reduce(
+                input1, input2, *ops.geometry_args(geometry), float(scale), budget, reduction, k or 0, float(temperature))
+        else:
+            values, index = _reduce_eager(input1, input2, geometry, scale, memory_budget, plan, reduction, k, temperature)
+    if reduction == "softargmax":
+        return values
     if reduction == "max":
         return values.squeeze(1)
     if reduction == "argmax":
