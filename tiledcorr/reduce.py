@@ -569,25 +569,31 @@ def _correlate_reduce_fake(input1, input2, kernel, patch, stride, padding, dilat
 
 @torch.library.custom_op("tiledcorr::correlate_reduce_backward", mutates_args=())
 def correlate_reduce_backward_op(
-    grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
-    third: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+    grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, result: torch.Tensor, index_or_max: torch.Tensor,
+    normaliser: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
     dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int], scale: float, budget: str,
     reduction: str, k: int, temperature: float, need1: bool, need2: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both input gradients of :func:`correlate_reduce_op` from the gradient of its first result (empty: not needed)."""
+    """Both input gradients of :func:`correlate_reduce_op` from the gradient of its first result (empty: not needed).
+
+    ``result, index_or_max, normaliser`` are the forward operator's three
+    results: the selected values, their flat indices and an unused empty
+    tensor, or the soft-argmax ``E`` and its statistics ``m`` and ``z``.
+    """
     geometry = ops.geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
     plan = _op_plan(input1, geometry, budget, reduction, k or None, backward=True)
     if reduction == "softargmax":
-        source = _softargmax_grad(geometry, second, third, first, grad, temperature)
+        source = _softargmax_grad(geometry, index_or_max, normaliser, result, grad, temperature)
     else:
-        source = _selection_grad(geometry, second, grad, plan.compute_dtype)
+        source = _selection_grad(geometry, index_or_max, grad, plan.compute_dtype)
     grad1, grad2 = backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad)
     return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
 
 
 @correlate_reduce_backward_op.register_fake
-def _correlate_reduce_backward_fake(grad, input1, input2, first, second, third, kernel, patch, stride, padding, dilation,
-                                    dilation_patch, out_limit, scale, budget, reduction, k, temperature, need1, need2):
+def _correlate_reduce_backward_fake(grad, input1, input2, result, index_or_max, normaliser, kernel, patch, stride, padding,
+                                    dilation, dilation_patch, out_limit, scale, budget, reduction, k, temperature, need1,
+                                    need2):
     return (input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,)))
 
 
@@ -597,11 +603,10 @@ def _op_setup_context(ctx, inputs, output) -> None:
     ctx.rest = rest
 
 
-def _op_backward(ctx, grad, _grad_second, _grad_third):
-    input1, input2, first, second, third = ctx.saved_tensors
+def _op_backward(ctx, grad, _grad_index_or_max, _grad_normaliser):
+    input1, input2, *results = ctx.saved_tensors
     need1, need2 = ctx.needs_input_grad[:2]
-    grad1, grad2 = torch.ops.tiledcorr.correlate_reduce_backward(grad, input1, input2, first, second, third, *ctx.rest,
-                                                                need1, need2)
+    grad1, grad2 = torch.ops.tiledcorr.correlate_reduce_backward(grad, input1, input2, *results, *ctx.rest, need1, need2)
     grad1 = guard_double_backward(grad1, input1, input2) if need1 else None
     grad2 = guard_double_backward(grad2, input1, input2) if need2 else None
     return (grad1, grad2) + (None,) * len(ctx.rest)
