@@ -158,6 +158,32 @@ def test_profile_json_backward(capsys):
     assert naive["predicted_peak_bytes"] > 2 * data["plan"]["naive_bytes"]
 
 
+@pytest.mark.parametrize("reduction, k, result_elements", [
+    ("max", None, 2 * 48 * 40), ("softargmax", None, 2 * 2 * 48 * 40), ("topk", 3, 2 * 3 * 48 * 40 * (1 + 2 * 2)),
+])
+def test_profile_of_a_fused_reduction(capsys, reduction, k, result_elements):
+    """The fused call's result, its plan, and a measured workspace within the prediction."""
+    argv = ["profile", "--shape", "2,8,48,40", "--patch-size", "15", "--budget", "2MiB", "--backward", "--repeat", "1",
+            "--reduction", reduction, "--json", "--compare", "naive"] + (["--k", str(k)] if k else [])
+    code, out, _ = _run(capsys, *argv)
+    data = json.loads(out)
+    (tiled,) = data["results"]
+    expected = tiledcorr.plan((2, 8, 48, 40), patch_size=15, memory_budget="2MiB", requires_grad=True, reduction=reduction, k=k)
+    assert code == 0 and data["plan"] == json.loads(json.dumps(expected.to_dict()))
+    assert "no fused reductions" in data["naive_skipped"]
+    # the result (float32 values; a top-k also int64 displacements: 2 floats each) and both input gradients
+    assert tiled["returned_bytes"] == 4 * (result_elements + 2 * 8 * 48 * 40 * 2)
+    assert 0 < tiled["measured_workspace_bytes"] <= tiled["predicted_workspace_bytes"] * 1.05 + 64 * 1024
+
+
+def test_sweep_of_a_fused_argmax_and_its_backward_refused(capsys):
+    code, out, _ = _run(capsys, "sweep", "--shape", "1,8,40,40", "--patch-size", "21", "--budgets", "256KiB,4MiB",
+                        "--reduction", "argmax", "--repeat", "1")
+    assert code == 0 and "fused argmax" in out and out.count(" s  ") >= 2
+    code, _, err = _run(capsys, "profile", *TINY, "--reduction", "argmax", "--backward")
+    assert code == 1 and "argmax has no gradient" in err
+
+
 def test_profile_skips_naive_when_it_does_not_fit(capsys, monkeypatch):
     monkeypatch.setattr(profile, "NAIVE_FRACTION", 1e-12)
     code, out, _ = _run(capsys, "profile", *TINY, "--repeat", "1", "--compare", "naive")

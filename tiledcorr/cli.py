@@ -111,6 +111,12 @@ def _add_problem_options(parser: argparse.ArgumentParser, *, budget_default: Any
     parser.add_argument("--backward", action="store_true", help="plan/measure the backward too (both input gradients)")
 
 
+def _add_reduction_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--reduction", choices=REDUCTIONS,
+                        help=f"{verb} the fused reduction correlate_reduce() runs instead of the stored cost volume")
+    parser.add_argument("--k", type=at_least(1), help="values kept per position by --reduction topk")
+
+
 def _add_measure_options(parser: argparse.ArgumentParser, *, repeat: int) -> None:
     parser.add_argument("--repeat", type=at_least(1), default=repeat, help=f"timed runs (default {repeat}); the median is reported")
     parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed runs first (default 1)")
@@ -125,20 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print the plan for a problem (no tensors are allocated)")
     _add_problem_options(p)
-    p.add_argument("--reduction", choices=REDUCTIONS,
-                   help="plan the fused reduction correlate_reduce() runs instead of the stored cost volume")
-    p.add_argument("--k", type=at_least(1), help="values kept per position by --reduction topk")
+    _add_reduction_options(p, "plan")
     p.add_argument("--json", action="store_true", help="print plan.to_dict() as JSON")
     p.set_defaults(run=cmd_plan)
 
     p = sub.add_parser("profile", help="time the layer and measure its peak memory on random data")
     _add_problem_options(p)
+    _add_reduction_options(p, "measure")
     _add_measure_options(p, repeat=5)
     p.add_argument("--compare", choices=["naive"], help="also measure the naive unfold approach (where it fits)")
     p.set_defaults(run=cmd_profile)
 
     p = sub.add_parser("sweep", help="time and peak memory for several budgets (to choose one)")
     _add_problem_options(p)
+    _add_reduction_options(p, "measure")
     _add_measure_options(p, repeat=3)
     p.add_argument("--budgets", type=budget_list, default=budget_list("64MiB,256MiB,1GiB,4GiB"),
                    help="comma-separated budgets (default 64MiB,256MiB,1GiB,4GiB)")
@@ -173,7 +179,7 @@ def _available(device: torch.device) -> torch.device:
 
 def _problem(args: argparse.Namespace) -> Problem:
     return Problem(shape=args.shape, params=_params(args), dtype=_DTYPES[args.dtype], device=_available(args.device),
-                   backward=args.backward, seed=args.seed)
+                   backward=args.backward, seed=args.seed, reduction=args.reduction, k=args.k)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -229,7 +235,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
               f"{format_bytes(r.measured_workspace_bytes):>18}  {format_bytes(r.predicted_workspace_bytes):>10}")
     if skip is not None:
         print(f"  {'naive unfold':14} skipped: {skip}")
-    returned = "(output + both input gradients)" if problem.backward else "output"
+    output = "output" if problem.reduction is None else "result"
+    returned = f"({output} + both input gradients)" if problem.backward else output
     print(f"  peak: memory above the inputs during one call; workspace: peak - {returned} "
           f"({format_bytes(results[0].returned_bytes)})")
     return 0

@@ -2,13 +2,17 @@
 
 Used by ``tiledcorr profile`` and ``tiledcorr sweep``. One workload is the
 forward (or forward and backward) of one correlation on fixed-seed random
-inputs. Its peak memory above what existed before the call, minus what the
-call returns (the output, and the two input gradients with ``backward``), is
-the measured workspace, compared with the plan's predicted workspace.
+inputs, the stored cost volume or a fused reduction (:func:`tiledcorr.correlate_reduce`).
+Its peak memory above what existed before the call, minus what the call
+returns (the output, and the two input gradients with ``backward``), is the
+measured workspace, compared with the plan's predicted workspace (for a
+reduction, the plan counts its temporaries too, with generous per-position
+terms, so the measurement comes out a little below).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -21,6 +25,7 @@ from .measure import Measurement, measure
 from .naive import naive_correlate, naive_peak_bytes
 from .planner import Plan, plan
 from .progress import Progress
+from .reduce import TopK, correlate_reduce
 from .typing import BudgetLike
 from .volume import correlate
 
@@ -42,6 +47,9 @@ class Problem:
         device: where it runs.
         backward: profile forward and backward (both input gradients) instead of the forward alone.
         seed: seed of the random inputs.
+        reduction: a fused reduction of :func:`tiledcorr.correlate_reduce`
+            (``"max"``, ``"argmax"``, ``"softargmax"``, ``"topk"``) instead of the stored volume.
+        k: the values ``"topk"`` keeps.
     """
 
     shape: tuple[int, ...]
@@ -50,18 +58,45 @@ class Problem:
     device: torch.device = torch.device("cpu")
     backward: bool = False
     seed: int = 0
+    reduction: str | None = None
+    k: int | None = None
 
     def plan(self, memory_budget: BudgetLike) -> Plan:
         """The plan tiledcorr makes for this problem under ``memory_budget``."""
         return plan(self.shape, **self.params, dtype=self.dtype, device=self.device,
-                    memory_budget=memory_budget, requires_grad=self.backward)
+                    memory_budget=memory_budget, requires_grad=self.backward, reduction=self.reduction, k=self.k)
 
     def describe(self) -> str:
         """``"B=4 C=128 96x96, patch 41, float32 on cpu"``: the shape and the parameters not at their defaults."""
         size = "x".join(map(str, self.shape[2:]))
         params = [f"{name.replace('_size', '')} {'x'.join(map(str, value)) if isinstance(value, tuple) else value}"
                   for name, value in self.params.items() if value != PARAM_DEFAULTS.get(name)]
-        return ", ".join([f"B={self.shape[0]} C={self.shape[1]} {size}", *params, f"{str(self.dtype).replace('torch.', '')} on {self.device}"])
+        fused = [] if self.reduction is None else [f"fused {self.reduction}" + (f" k={self.k}" if self.k else "")]
+        return ", ".join([f"B={self.shape[0]} C={self.shape[1]} {size}", *params, *fused,
+                          f"{str(self.dtype).replace('torch.', '')} on {self.device}"])
+
+    def run(self, input1: torch.Tensor, input2: torch.Tensor, plan_: Plan) -> Any:
+        """tiledcorr's call: the cost volume, or the fused reduction's result, under ``plan_``."""
+        if self.reduction is None:
+            return correlate(input1, input2, **self.params, plan=plan_)
+        return correlate_reduce(input1, input2, **self.params, reduction=self.reduction, k=self.k, plan=plan_)
+
+    def result_shape(self, plan_: Plan) -> tuple[int, ...]:
+        """Shape of the differentiable result: the volume, or the reduction's values."""
+        g = plan_.geometry
+        if self.reduction is None:
+            return tuple(g.out_shape)
+        lead = {"max": (), "argmax": (g.ndim,), "softargmax": (g.ndim,), "topk": (self.k or 1,)}[self.reduction]
+        return (g.batch, *lead, *g.out_size)
+
+    def result_bytes(self, plan_: Plan) -> int:
+        """Bytes of what the call returns (a top-k returns its values and int64 displacements)."""
+        if self.reduction is None:
+            return plan_.output_bytes
+        elements = math.prod(self.result_shape(plan_))
+        if self.reduction == "argmax":
+            return elements * 8
+        return elements * (self.dtype.itemsize + (8 * plan_.geometry.ndim if self.reduction == "topk" else 0))
 
     @property
     def input_bytes(self) -> int:
@@ -116,7 +151,7 @@ def make_inputs(problem: Problem, plan_: Plan) -> tuple[torch.Tensor, torch.Tens
     x1, x2 = make(problem.shape), make(problem.shape)
     if not problem.backward:
         return x1, x2, None
-    return x1.requires_grad_(), x2.requires_grad_(), make(plan_.geometry.out_shape)
+    return x1.requires_grad_(), x2.requires_grad_(), make(problem.result_shape(plan_))
 
 
 def workload(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], problem: Problem, plan_: Plan) -> Callable[[], Any]:
@@ -129,35 +164,37 @@ def workload(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], problem: 
     if grad_out is None:
         return lambda: fn(x1, x2)
 
-    def forward_backward() -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward_backward() -> tuple[Any, tuple[torch.Tensor, ...]]:
         out = fn(x1, x2)
-        return out, torch.autograd.grad(out, (x1, x2), grad_out)
+        return out, torch.autograd.grad(out.values if isinstance(out, TopK) else out, (x1, x2), grad_out)
 
     return forward_backward
 
 
 def returned_bytes(problem: Problem, plan_: Plan) -> int:
     """What one workload call returns: the output (and both input gradients)."""
-    return plan_.output_bytes + (2 * problem.input_bytes if problem.backward else 0)
+    return problem.result_bytes(plan_) + (2 * problem.input_bytes if problem.backward else 0)
 
 
 def predicted_peak_bytes(problem: Problem, plan_: Plan) -> int:
     """tiledcorr's predicted peak: the output plus the largest of the forward and backward phases."""
     if not problem.backward:
-        return plan_.output_bytes + plan_.forward_workspace_bytes
+        return problem.result_bytes(plan_) + plan_.forward_workspace_bytes
     backward_phase = 2 * problem.input_bytes + plan_.backward_workspace_bytes
-    return plan_.output_bytes + max(plan_.forward_workspace_bytes, backward_phase)
+    return problem.result_bytes(plan_) + max(plan_.forward_workspace_bytes, backward_phase)
 
 
 def profile_tiled(problem: Problem, plan_: Plan, *, repeat: int, warmup: int, progress: Progress | None = None) -> Result:
-    """Time and peak memory of :func:`tiledcorr.correlate` under ``plan_``."""
-    fn = workload(lambda a, b: correlate(a, b, **problem.params, plan=plan_), problem, plan_)
+    """Time and peak memory of :func:`tiledcorr.correlate` (or the fused reduction) under ``plan_``."""
+    fn = workload(lambda a, b: problem.run(a, b, plan_), problem, plan_)
     return Result("tiledcorr", _measure(fn, problem, repeat, warmup, progress),
                   returned_bytes(problem, plan_), predicted_peak_bytes(problem, plan_))
 
 
 def naive_skip_reason(problem: Problem, plan_: Plan) -> str | None:
     """Why the naive approach must not run here (it would not fit), or ``None`` if it fits."""
+    if problem.reduction is not None:
+        return "the naive unfold approach stores the volume: it has no fused reductions"
     if len(problem.shape) != 4:
         return "the naive unfold implementation covers (B, C, H, W) inputs only"
     need = naive_peak_bytes(plan_, backward=problem.backward)

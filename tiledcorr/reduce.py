@@ -440,7 +440,8 @@ def reduction_cost(reduction: Any, k: Any, geometry: Geometry, dtype: torch.dtyp
     if reduction == "argmax" and checks.check_bool("requires_grad", requires_grad):
         raise ArgumentValueError(
             "requires_grad=True with reduction='argmax': argmax has no gradient (its results are integer "
-            "displacements), so correlate_reduce plans its forward only; plan with requires_grad=False"
+            "displacements), so correlate_reduce plans its forward only; plan with requires_grad=False (without --backward "
+            "on the command line)"
         )
     return sink_cost(reduction, k, geometry.ndim, dtype)
 
