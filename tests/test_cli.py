@@ -170,6 +170,7 @@ def test_profile_of_a_fused_reduction(capsys, reduction, k, result_elements):
     (tiled,) = data["results"]
     expected = tiledcorr.plan((2, 8, 48, 40), patch_size=15, memory_budget="2MiB", requires_grad=True, reduction=reduction, k=k)
     assert code == 0 and data["plan"] == json.loads(json.dumps(expected.to_dict()))
+    assert data["plan"]["fused_reduction"] is True and (data["reduction"], data["k"]) == (reduction, k)
     assert "no fused reductions" in data["naive_skipped"]
     # the result (float32 values; a top-k also int64 displacements: 2 floats each) and both input gradients
     assert tiled["returned_bytes"] == 4 * (result_elements + 2 * 8 * 48 * 40 * 2)
@@ -179,7 +180,9 @@ def test_profile_of_a_fused_reduction(capsys, reduction, k, result_elements):
 def test_sweep_of_a_fused_argmax_and_its_backward_refused(capsys):
     code, out, _ = _run(capsys, "sweep", "--shape", "1,8,40,40", "--patch-size", "21", "--budgets", "256KiB,4MiB",
                         "--reduction", "argmax", "--repeat", "1")
-    assert code == 0 and "fused argmax" in out and out.count(" s  ") >= 2
+    rows = [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
+    assert code == 0 and "fused argmax" in out and rows[1:] == ["256KiB", "4MiB"]
+    assert all(" s  " in line for line in out.splitlines()[2:] if line.strip())
     code, _, err = _run(capsys, "profile", *TINY, "--reduction", "argmax", "--backward")
     assert code == 1 and "argmax has no gradient" in err
 

@@ -206,3 +206,13 @@ def test_a_large_bad_value_is_named_briefly(call, name):
         assert "a Tensor of shape (2, 64, 48, 48), dtype torch.float32" in message
     else:
         assert "[...]" in message
+
+
+def test_show_names_arrays_and_keeps_scalars():
+    import numpy as np
+
+    from tiledcorr.checks import show
+
+    assert show(np.zeros((3, 4), dtype=np.float32)) == "an array of shape (3, 4), dtype float32"
+    assert "0.5" in show(np.float64(0.5)) and "array" not in show(np.float64(0.5))
+    assert show(torch.zeros(2, 3)) == "a Tensor of shape (2, 3), dtype torch.float32"

@@ -361,3 +361,13 @@ def test_plan_with_a_reduction_is_the_plan_correlate_reduce_makes(reduction, k):
 def test_plan_with_a_bad_reduction_says_why(kw, message):
     with pytest.raises(tiledcorr.TiledCorrError, match=message):
         tiledcorr.plan((1, 4, 9, 9), patch_size=5, **kw)
+
+
+def test_a_gradient_source_needs_its_upstream_gradient():
+    """Without it the exact NaN/Inf path could not see a non-finite gradient of the results."""
+    from tiledcorr.autograd import backward_inputs
+
+    x = torch.randn(1, 2, 6, 6)
+    p = tiledcorr.plan(x.shape, patch_size=3, requires_grad=True)
+    with pytest.raises(TypeError, match="upstream"):
+        backward_inputs(x, x, lambda ctx, tile: None, p, 1.0, True, True)

@@ -169,3 +169,42 @@ def test_softargmax_after_a_tile_of_only_minus_infinity():
     expected = _reduce(volume, "softargmax", 1, _shift_table(plan.geometry))[0]
     assert volume[0, 0, :, 3, 2].eq(-math.inf).all() and torch.isfinite(expected[0, :, 3, 2]).all()
     _assert_same(got, expected, 1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["max", "topk", "softargmax"])
+def test_float32_results_and_gradients_have_the_exact_classes(reduction):
+    """The exact path in float32 (uint8 indicator maps gathered into a float32 workspace)."""
+    shape, kw = CONFIGS[1]
+    x1, x2 = _inputs(shape, seed=3)
+    x1, x2 = _sprinkle(x1, 1).float(), _sprinkle(x2, 2).float()
+    k = 3 if reduction == "topk" else None
+    table = _shift_table(_plans(shape, kw, reduction, k)[0])
+    volume = torch.from_numpy(ieee_forward(x1, x2, **kw)).requires_grad_()
+    values = _reduce(volume, reduction, k or 1, table)[0]
+    grad = torch.randn(values.shape, dtype=F64, generator=torch.Generator().manual_seed(7))
+    (grad_volume,) = torch.autograd.grad(values, volume, grad)
+    e1, e2 = ieee_backward(x1, x2, grad_volume, **kw)
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = tiledcorr.correlate_reduce(a, b, **kw, reduction=reduction, k=k, temperature=TEMPERATURE, memory_budget="64KiB")
+    out = out.values if reduction == "topk" else out
+    assert_ieee_equal(out, values.detach().numpy(), 1e-5)
+    out.backward(grad.float())
+    assert_ieee_equal(a.grad, e1, 1e-4)
+    assert_ieee_equal(b.grad, e2, 1e-4)
+
+
+def test_stacked_indicator_problems_fit_the_budget():
+    """The pairs stacked along channels share a workspace in the compute dtype (float64: 8 bytes)."""
+    from tiledcorr.engine import workspace_elements
+    from tiledcorr.nonfinite import _stack_size
+
+    shape = (2, 8, 24, 20)
+    for dtype in (torch.float32, F64):
+        plan = tiledcorr.plan(shape, patch_size=9, dtype=dtype, memory_budget="512KiB")
+        elem = torch.empty((), dtype=dtype).element_size()
+        maps = 2 * 6 * math.prod(shape)
+        n = _stack_size(plan, 6)
+        stacked = dataclasses.replace(plan.geometry, channels=n * shape[1])
+        used = elem * sum(workspace_elements(stacked, plan.tiling, backward=False).values()) + maps
+        assert n == 1 or used <= plan.budget_bytes, (dtype, n, used, plan.budget_bytes)
+        assert n < 6  # the budget is tight enough to limit the stacking

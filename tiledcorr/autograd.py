@@ -79,25 +79,29 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
 def backward_inputs(
     input1: torch.Tensor, input2: torch.Tensor, grad_source: GradSource | torch.Tensor, plan: Plan, scale: float,
     need1: bool, need2: bool, *, upstream: torch.Tensor | None = None,
+    upstream_present: Callable[[str], bool] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of both inputs (``None`` where not needed), in the inputs' dtype.
 
     ``grad_source`` gives each tile's band gradient: the stored volume's
     gradient ``(B, *patch, *out_size)`` as a tensor, or a fused reduction's
     own :class:`~tiledcorr.engine.GradSource` (:mod:`tiledcorr.reduce`), which
-    passes the gradient it was given as ``upstream``. Where the inputs or that
+    must pass the gradient it was given as ``upstream`` and may say which value
+    classes its band gradients can hold (``upstream_present``, see
+    :func:`tiledcorr.nonfinite.run_backward`). Where the inputs or that
     gradient hold NaN or Inf, every entry gets its in-image IEEE value
     (:mod:`tiledcorr.nonfinite`).
     """
     g = plan.geometry
     acc_dtype = compute_dtype(input1.dtype)
-    present = None
+    present = upstream_present
     if isinstance(grad_source, torch.Tensor):
         upstream = grad_source
         grad_source = volume_grad(upstream)
         present = nonfinite.Indicators(upstream).present
-    checked = (input1, input2) if upstream is None else (input1, input2, upstream)
-    ieee = not g.is_empty and not nonfinite.all_finite(*checked)
+    elif upstream is None:
+        raise TypeError("backward_inputs: a gradient source needs the gradient it was made from (upstream=)")
+    ieee = not g.is_empty and not nonfinite.all_finite(input1, input2, upstream)
 
     def attempt(p: Plan):
         grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None

@@ -31,7 +31,7 @@ def show(value: Any, *, typed: bool = False) -> str:
     if isinstance(value, torch.Tensor):
         return f"a Tensor of shape {tuple(value.shape)}, dtype {value.dtype}"
     shape = getattr(value, "shape", None)
-    if shape is not None and hasattr(value, "dtype"):
+    if shape and hasattr(value, "dtype"):  # an array; a 0-d one (a numpy scalar) is short enough to print
         return f"an array of shape {tuple(shape)}, dtype {value.dtype}"
     text = repr(value)
     text = text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 5] + "[...]"

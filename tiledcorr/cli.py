@@ -221,7 +221,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     machine = describe_machine()
     if args.json:
         print(json.dumps({
-            "machine": machine, "plan": plan_.to_dict(), "backward": problem.backward, "repeat": args.repeat,
+            "machine": machine, "plan": plan_.to_dict(), "backward": problem.backward, "reduction": problem.reduction,
+            "k": problem.k, "repeat": args.repeat,
             "warmup": args.warmup, "seed": args.seed, "results": [r.to_dict() for r in results], "naive_skipped": skip,
         }, indent=2))
         return 0

@@ -28,6 +28,7 @@ import torch
 
 from . import hugepages
 from .checks import show
+from .errors import ArgumentValueError
 from .geometry import Geometry, Span, clip, input1_start, input1_step, input2_start, output_slice, spans
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -248,8 +249,8 @@ class OutputSink:
         self.out[volume_index(self.geometry, tile)].copy_(band)
 
 
-class _Capture:
-    """A sink that keeps a copy of one band."""
+class CaptureSink:
+    """A sink that appends a copy of each band it gets to ``store``."""
 
     def __init__(self, store: list) -> None:
         self.store = store
@@ -273,7 +274,7 @@ class _Context:
         writes into them.
         """
         captured: list[torch.Tensor] = []
-        self.strategy.forward(self, tile, _Capture(captured))
+        self.strategy.forward(self, tile, CaptureSink(captured))
         return captured[0]
 
     def gather_x1(self, tile: Tile, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -650,7 +651,8 @@ class RowMatmul:
         return full.as_strided((tile.batch, U1, UN, J1 * EN), (full.stride(0), step, J1 * EN, 1), before * step)
 
     @staticmethod
-    def _grad2_stacked(ctx: _Context, tile: Tile, gy: torch.Tensor, extent, rows: _Rows, grad2) -> None:
+    def _grad2_stacked(ctx: _Context, tile: Tile, gy: torch.Tensor, extent: tuple[int, ...], rows: _Rows,
+                       grad2: torch.Tensor) -> None:
         """Input2's gradient over the region as a few bmms per batch item (2-D, ``m1 == 1``).
 
         Region row ``e`` receives from the ``J1`` position rows ``a = e - j``
@@ -751,8 +753,6 @@ def get_strategy(name: str) -> type:
     try:
         return STRATEGIES[name]
     except KeyError:
-        from .errors import ArgumentValueError
-
         raise ArgumentValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {show(name)}") from None
 
 
@@ -815,6 +815,7 @@ class Lockstep:
             self.strategy.forward(ctx, tile, sink)
 
     def release(self) -> None:
+        """Free the shared workspace."""
         self.ws.release()
 
 

@@ -42,7 +42,9 @@ Cost, on this path only: pairs whose two classes do not both occur are
 skipped (a NaN in input1 alone leaves 4 or 5 pairs); in the forward, the pairs
 of one kind are stacked along channels as far as the plan's budget allows, so
 typically 2 or 3 extra correlations per tile; the backward makes one call per
-live pair. Temporaries beyond the plan's workspace: zeroed copies of the
+live pair (and a gradient source that recomputes the forward, the
+soft-argmax's, recomputes the exact band, those extra correlations included,
+in each of them). Temporaries beyond the plan's workspace: zeroed copies of the
 inputs; two one-byte indicator maps per live pair, all at once; the forward's
 shared workspace is that of the widest stacked problem; one byte per element
 of the current tile's band for its class (plus a comparison's temporaries);
@@ -59,7 +61,9 @@ from typing import Callable
 
 import torch
 
-from .engine import GradSource, Lockstep, Sink, Tile, compute_dtype, iter_tiles, run_backward as engine_backward
+from .engine import CaptureSink, GradSource, Lockstep, Sink, Tile, compute_dtype, iter_tiles
+from .engine import run_backward as engine_backward
+from .geometry import Geometry
 from .engine import workspace_elements
 from .planner import Plan
 
@@ -95,7 +99,7 @@ def all_finite(*tensors: torch.Tensor) -> bool:
 
 
 class Indicators:
-    """The 0/1 class maps of one tensor (float32, built on demand) and which classes occur."""
+    """The 0/1 class maps of one tensor (built on demand, in the dtype asked for) and which classes occur."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x = x
@@ -163,15 +167,6 @@ class _PatchSink:
         self.sink.consume(tile, band)
 
 
-class _Keep:
-    """A sink that keeps a copy of the last band."""
-
-    band: torch.Tensor | None = None
-
-    def consume(self, tile: Tile, band: torch.Tensor) -> None:
-        self.band = band.clone()
-
-
 def _stack_size(plan: Plan, count: int) -> int:
     """How many indicator pairs one engine problem stacks along channels within the budget.
 
@@ -183,15 +178,18 @@ def _stack_size(plan: Plan, count: int) -> int:
     """
     g = plan.geometry
     maps = 2 * count * g.batch * g.channels * math.prod(g.in_size)
+    elem = torch.empty((), dtype=plan.compute_dtype).element_size()  # the shared workspace's dtype
     for n in range(count, 1, -1):
         stacked = dataclasses.replace(g, channels=n * g.channels)
         workspace = sum(workspace_elements(stacked, plan.tiling, backward=False).values())
-        if 4 * workspace + maps <= plan.budget_bytes:
+        if elem * workspace + maps <= plan.budget_bytes:
             return n
     return 1
 
 
-def _exact_problems(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float, sink: Sink):
+def _exact_problems(
+    x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float, sink: Sink,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], list[Sink]]:
     """The :class:`~tiledcorr.engine.Lockstep` problems and sinks whose last sink gets exact bands.
 
     First the stacked indicator correlations of each kind (marking their bit in
@@ -248,17 +246,16 @@ class _ExactBands:
     def __init__(self, x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float) -> None:
         self.x1, self.x2, self.plan, self.scale = x1, x2, plan, scale
         self.geometry = plan.geometry
-        self._keep = _Keep()
+        self._captured: list[torch.Tensor] = []
         self._lockstep: Lockstep | None = None
         self._sinks: list[Sink] = []
 
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         if self._lockstep is None:
-            problems, self._sinks = _exact_problems(self.x1, self.x2, self.plan, self.scale, self._keep)
+            problems, self._sinks = _exact_problems(self.x1, self.x2, self.plan, self.scale, CaptureSink(self._captured))
             self._lockstep = Lockstep(problems, self.plan.tiling, compute_dtype(self.x1.dtype))
         self._lockstep.forward(tile, self._sinks)
-        band, self._keep.band = self._keep.band, None
-        return band
+        return self._captured.pop()
 
     def release(self) -> None:
         if self._lockstep is not None:

@@ -192,6 +192,7 @@ class Plan:
             "budget_bytes": self.budget_bytes, "forward_workspace_bytes": self.forward_workspace_bytes,
             "backward_workspace_bytes": self.backward_workspace_bytes, "output_bytes": self.output_bytes,
             "naive_bytes": self.naive_bytes, "predicted_seconds": self.predicted_seconds,
+            "fused_reduction": self.sink_cost != SinkCost(),
         }
 
 

@@ -298,7 +298,8 @@ class SoftArgmaxSink:
     @staticmethod
     def cost(elem: int, ndim: int) -> SinkCost:
         # forward: the scaled band, exponentiated in place; per position the tile
-        # max, the new max, the rescaling factor, the tile's z and its N sums.
+        # max, the new max, the shift (the new max, 0 where it is -inf) and its
+        # mask, the rescaling factor, the tile's z and its N sums.
         # backward: the recomputed band (turned into probabilities in place) and
         # the weights; per position g.E and the N products g_c * E_c.
         return SinkCost(
@@ -360,6 +361,16 @@ def _selection_grad(geometry: Geometry, index: torch.Tensor, grad_values: torch.
         return out.view(tile.batch, *tile.displacements, *tile.positions)
 
     return source
+
+
+def _selection_classes(grad_values: torch.Tensor) -> Callable[[str], bool]:
+    """Which value classes a selection's band gradients hold: zero, and those of ``grad_values``.
+
+    Lets the exact NaN/Inf backward skip the pairs that cannot occur
+    (:func:`tiledcorr.nonfinite.run_backward`); evaluated only on that path.
+    """
+    classes = nonfinite.Indicators(grad_values)
+    return lambda name: name == "zero" or classes.present(name)
 
 
 def _softargmax_grad(
@@ -484,7 +495,8 @@ class SelectFunction(torch.autograd.Function):
         if grad_values is None or not (need1 or need2):
             return None, None, None, None, None
         source = _selection_grad(ctx.plan.geometry, index, grad_values, ctx.plan.compute_dtype)
-        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2, upstream=grad_values)
+        grad1, grad2 = backward_inputs(input1, input2, source, ctx.plan, ctx.scale, need1, need2, upstream=grad_values,
+                                       upstream_present=_selection_classes(grad_values))
         return grad1, grad2, None, None, None
 
 
@@ -583,11 +595,13 @@ def correlate_reduce_backward_op(
     """
     geometry = ops.geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
     plan = _op_plan(input1, geometry, budget, reduction, k or None, backward=True)
+    present = None
     if reduction == "softargmax":
         source = _softargmax_grad(geometry, index_or_max, normaliser, result, grad, temperature)
     else:
-        source = _selection_grad(geometry, index_or_max, grad, plan.compute_dtype)
-    grad1, grad2 = backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad)
+        source, present = _selection_grad(geometry, index_or_max, grad, plan.compute_dtype), _selection_classes(grad)
+    grad1, grad2 = backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad,
+                                   upstream_present=present)
     return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
 
 
@@ -598,13 +612,15 @@ def _correlate_reduce_backward_fake(grad, input1, input2, result, index_or_max, 
     return (input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,)))
 
 
-def _op_setup_context(ctx, inputs, output) -> None:
+def _op_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    """Save the inputs and the three results for :func:`_op_backward`."""
     input1, input2, *rest = inputs
     ctx.save_for_backward(input1, input2, *output)
     ctx.rest = rest
 
 
-def _op_backward(ctx, grad, _grad_index_or_max, _grad_normaliser):
+def _op_backward(ctx: Any, grad: torch.Tensor, _grad_index_or_max: Any, _grad_normaliser: Any) -> tuple:
+    """Autograd of :func:`correlate_reduce_op`: both input gradients through the backward operator."""
     input1, input2, *results = ctx.saved_tensors
     need1, need2 = ctx.needs_input_grad[:2]
     grad1, grad2 = torch.ops.tiledcorr.correlate_reduce_backward(grad, input1, input2, *results, *ctx.rest, need1, need2)
@@ -711,8 +727,9 @@ def correlate_reduce(
         plan: a ready :class:`tiledcorr.Plan` for these shapes (overrides
             ``memory_budget``); its tiling is used as is. A plan from
             ``tiledcorr.plan(..., reduction=reduction, k=k)`` is the one this
-            call makes for that budget; without ``reduction`` it budgets the
-            engine's workspace only.
+            call makes for that budget; a plan made without ``reduction``, or
+            for another reduction or ``k``, did not count this reduction's
+            temporaries, so its budget does not cover them.
 
     Returns:
         A tensor (``"max"``, ``"argmax"``, ``"softargmax"``) or a :class:`TopK`.
