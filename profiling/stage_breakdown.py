@@ -26,7 +26,6 @@ Usage: ``python profiling/stage_breakdown.py [--only large,larger] [--repeat 7] 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CONFIGS  # noqa: E402
+from bench import CONFIGS, time_interleaved  # noqa: E402
 
 import tiledcorr  # noqa: E402
 from tiledcorr import engine, hugepages  # noqa: E402
@@ -59,15 +58,8 @@ def switched_off(level: int):
 
 
 def medians(calls: dict, repeat: int) -> dict:
-    times = {name: [] for name in calls}
-    for fn in calls.values():
-        fn()
-    for _ in range(repeat):
-        for name, fn in calls.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    """Median seconds per call, round-robin after one warm-up each (bench.py's timer)."""
+    return time_interleaved(calls, {name: repeat for name in calls}, "cpu", warmup={})
 
 
 def breakdown(name: str, repeat: int) -> None:

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CONFIGS  # noqa: E402
+from bench import CONFIGS, time_interleaved  # noqa: E402
 
 import tiledcorr  # noqa: E402
 from tiledcorr import engine, hugepages  # noqa: E402
@@ -78,20 +76,13 @@ def main(argv=None) -> int:
                 engine.run_backward(x1, x2, g, tiling, torch.zeros(shape), torch.zeros(shape), engine.volume_grad(grad))
         return run
 
-    runs = [runner(t) for t in tilings]
-    for run in runs:
-        run()
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(args.repeat):
-        for i, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            times[i].append(time.perf_counter() - start)
+    runs = {i: runner(t) for i, t in enumerate(tilings)}
+    medians = time_interleaved(runs, {i: args.repeat for i in runs}, "cpu", warmup={})
     print(f"{args.config or args.shape} {kw}, {args.which}, median of {args.repeat} (round-robin):")
-    for i, (tiling, t) in enumerate(zip(tilings, times)):
+    for i, tiling in enumerate(tilings):
         label = "planner" if i == 0 else "       "
         print(f"  {label} {tiling.strategy:<11} tile {'x'.join(map(str, tiling.tile)):>7} "
-              f"displacements {'x'.join(map(str, tiling.disp_tile)):>6}  {statistics.median(t) * 1e3:8.1f} ms")
+              f"displacements {'x'.join(map(str, tiling.disp_tile)):>6}  {medians[i] * 1e3:8.1f} ms")
     return 0
 
 

@@ -674,12 +674,12 @@ class RowMatmul:
         g2 = ctx.ws.view("g2", tile.batch, E1, K, EW)
         row_step, block = gy.stride(1), gy.stride(2)  # UW*J1*EW + EW, J1*EW
         for b in range(tile.batch):
-            item = x1p[b]
+            item, origin = x1p[b], gy[b].storage_offset()
             windows = item.as_strided((E1, K, J1 * UW), (UW, padded_rows * UW, 1), item.storage_offset())
             for e0, e1, w0, w1 in stacked_groups(U1, J1):
                 z = gy.as_strided(
                     (e1 - e0, (w1 - w0) * UW, EW), (row_step, block, 1),
-                    gy[b].storage_offset() + (e0 - J1 + 1 + w0) * row_step + (J1 - 1 - w0) * EW,
+                    origin + (e0 - J1 + 1 + w0) * row_step + (J1 - 1 - w0) * EW,
                 )
                 torch.bmm(windows[e0:e1, :, w0 * UW : w1 * UW], z, out=g2[b, e0:e1])
         ctx.scatter_g2(grad2, tile, g2.view(tile.batch, E1, len(ctx.offsets), g.channels, EW).permute(0, 2, 3, 1, 4), extent)

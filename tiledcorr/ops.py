@@ -17,13 +17,13 @@ forward alone and the backward for the backward, each under the budget. Fake
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .autograd import backward_inputs, forward_volume, guard_double_backward
 from .geometry import Geometry
-from .planner import check_output_fits, plan_geometry
+from .planner import Plan, SinkCost, check_output_fits, plan_geometry
 from .typing import BudgetLike
 
 _PARAMS = ("kernel", "patch", "stride", "padding", "dilation", "dilation_patch")
@@ -75,9 +75,46 @@ def geometry_args(geometry: Geometry) -> tuple[list[int], ...]:
     return (*(list(getattr(geometry, name)) for name in _PARAMS), list(geometry.out_limit or ()))
 
 
-def _plan(input1: torch.Tensor, geometry: Geometry, budget: str, requires_grad: bool):
+def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, requires_grad: bool,
+                     sink_cost: SinkCost | None = None) -> Plan:
+    """The plan an operator makes when it runs, for its inputs and encoded budget."""
     return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=decode_budget(budget),
-                         requires_grad=requires_grad)
+                         requires_grad=requires_grad, sink_cost=sink_cost)
+
+
+def input_grads_or_empty(input1: torch.Tensor, input2: torch.Tensor, grad1: torch.Tensor | None,
+                         grad2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A backward operator's results: an empty tensor stands for a gradient that is not needed."""
+    return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
+
+
+def input_grads_fake(input1: torch.Tensor, input2: torch.Tensor, need1: bool, need2: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fake (meta) results of a backward operator: the inputs' shapes, or empty where not needed."""
+    return input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,))
+
+
+def register_backward(op: Any, backward: Callable[..., tuple[torch.Tensor, torch.Tensor]], *, save_results: bool) -> None:
+    """Make ``op(input1, input2, *args)`` differentiable in its inputs through a backward operator.
+
+    ``backward(grad, input1, input2, *results, *args, need1, need2)`` gets the
+    gradient of ``op``'s (first) result; with ``save_results`` also every
+    result ``op`` returned (the reductions' indices or softmax statistics).
+    """
+
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        input1, input2, *args = inputs
+        ctx.save_for_backward(input1, input2, *(output if save_results else ()))
+        ctx.args = args
+
+    def differentiate(ctx: Any, grad: torch.Tensor, *_other_grads: Any) -> tuple:
+        input1, input2, *results = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[:2]
+        grad1, grad2 = backward(grad, input1, input2, *results, *ctx.args, need1, need2)
+        grad1 = guard_double_backward(grad1, input1, input2) if need1 else None
+        grad2 = guard_double_backward(grad2, input1, input2) if need2 else None
+        return (grad1, grad2) + (None,) * len(ctx.args)
+
+    op.register_autograd(differentiate, setup_context=setup_context)
 
 
 @torch.library.custom_op("tiledcorr::correlate", mutates_args=())
@@ -88,7 +125,7 @@ def correlate_op(
 ) -> torch.Tensor:
     """The cost volume ``(B, *patch, *out_size)``; see the module docstring for the arguments."""
     geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
-    plan = _plan(input1, geometry, budget, requires_grad=False)
+    plan = plan_at_run_time(input1, geometry, budget, requires_grad=False)
     check_output_fits(plan, input1.device)
     return forward_volume(input1, input2, plan, scale)
 
@@ -107,33 +144,17 @@ def correlate_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both input gradients; an empty tensor stands for one that is not needed."""
     geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
-    plan = _plan(input1, geometry, budget, requires_grad=True)
-    grad1, grad2 = backward_inputs(input1, input2, grad, plan, scale, need1, need2)
-    return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
+    plan = plan_at_run_time(input1, geometry, budget, requires_grad=True)
+    return input_grads_or_empty(input1, input2, *backward_inputs(input1, input2, grad, plan, scale, need1, need2))
 
 
 @correlate_backward_op.register_fake
 def _correlate_backward_fake(grad, input1, input2, kernel, patch, stride, padding, dilation, dilation_patch, out_limit,
                              scale, budget, need1, need2):
-    return (input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,)))
+    return input_grads_fake(input1, input2, need1, need2)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    input1, input2, *rest = inputs
-    ctx.save_for_backward(input1, input2)
-    ctx.rest = rest
-
-
-def _backward(ctx, grad):
-    input1, input2 = ctx.saved_tensors
-    need1, need2 = ctx.needs_input_grad[:2]
-    grad1, grad2 = torch.ops.tiledcorr.correlate_backward(grad, input1, input2, *ctx.rest, need1, need2)
-    grad1 = guard_double_backward(grad1, input1, input2) if need1 else None
-    grad2 = guard_double_backward(grad2, input1, input2) if need2 else None
-    return (grad1, grad2) + (None,) * len(ctx.rest)
-
-
-correlate_op.register_autograd(_backward, setup_context=_setup_context)
+register_backward(correlate_op, torch.ops.tiledcorr.correlate_backward, save_results=False)
 
 
 def correlate_volume(input1: torch.Tensor, input2: torch.Tensor, geometry: Geometry, scale: float,

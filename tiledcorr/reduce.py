@@ -38,11 +38,11 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import checks, nonfinite, ops
-from .autograd import backward_inputs, guard_double_backward, with_oom_retry
+from .autograd import backward_inputs, with_oom_retry
 from .engine import Tile, compute_dtype, iter_tiles, run_forward, swap_band_order
 from .errors import ArgumentTypeError, ArgumentValueError
 from .geometry import Geometry, output_slice
-from .planner import Plan, SinkCost, make_geometry, plan_geometry
+from .planner import Plan, SinkCost, make_geometry
 from .typing import BudgetLike, IntOrTuple, Normalize
 from .volume import _repr_args, normalization_scale, prepare_inputs, resolve_plan
 
@@ -116,18 +116,18 @@ def index_to_displacement(geometry: Geometry, index: torch.Tensor, dim: int) -> 
         int64 tensor of shape ``S`` with an axis of size ``N`` inserted at ``dim``.
     """
     strides = _flat_strides(geometry.patch)
-    if torch.compiler.is_compiling():  # out= is not traceable; the compiler plans the memory itself
-        return torch.stack([
-            torch.div(index, strides[d], rounding_mode="floor").remainder(geometry.patch[d])
-            .sub(geometry.radius[d]).mul(geometry.dilation_patch[d]) for d in range(geometry.ndim)
-        ], dim=dim)
+    # Eagerly each component is computed in place in the result (no temporaries
+    # of its size); out= is not traceable, so under the compiler they are stacked.
+    compiling = torch.compiler.is_compiling()
     shape = list(index.shape)
     shape.insert(dim, geometry.ndim)
-    out = torch.empty(shape, dtype=torch.long, device=index.device)
-    for d in range(geometry.ndim):  # in place in the result: no temporaries of its size
-        part = torch.div(index, strides[d], rounding_mode="floor", out=out.select(dim, d))
-        part.remainder_(geometry.patch[d]).sub_(geometry.radius[d]).mul_(geometry.dilation_patch[d])
-    return out
+    out = None if compiling else torch.empty(shape, dtype=torch.long, device=index.device)
+    parts = []
+    for d in range(geometry.ndim):
+        part = torch.div(index, strides[d], rounding_mode="floor") if compiling else torch.div(
+            index, strides[d], rounding_mode="floor", out=out.select(dim, d))
+        parts.append(part.remainder_(geometry.patch[d]).sub_(geometry.radius[d]).mul_(geometry.dilation_patch[d]))
+    return torch.stack(parts, dim=dim) if compiling else out
 
 
 def _positions(geometry: Geometry, tile: Tile, *lead: slice) -> tuple[slice, ...]:
@@ -151,11 +151,8 @@ class MaxSink:
     """Running maximum and its flat displacement index ("max", "argmax").
 
     State: ``values`` ``(B, *out_size)`` (compute dtype) and ``index``
-    ``(B, *out_size)`` int64.
+    ``(B, *out_size)`` int64. The merge follows ``torch.max``'s NaN rule.
     """
-
-    #: Set on the exact NaN/Inf path; the merge follows torch.max's NaN rule either way.
-    ieee = False
 
     def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
         self.geometry, self.dtype, self.device = geometry, dtype, device
@@ -195,14 +192,13 @@ class TopKSink:
 
     State: ``values`` ``(B, k, *out_size)`` (compute dtype), descending, and
     ``index`` ``(B, k, *out_size)`` int64; equal values are ordered by index.
-    NaN ranks above every number (as in ``torch.topk``) when ``ieee`` is set,
-    which the exact NaN/Inf path does.
+    With ``nan_aware`` (the exact NaN/Inf path), NaN ranks above every
+    number, as in ``torch.topk``.
     """
 
-    ieee = False
-
-    def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, k: int) -> None:
-        self.geometry, self.dtype, self.device, self.k = geometry, dtype, device, k
+    def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, k: int, *,
+                 nan_aware: bool = False) -> None:
+        self.geometry, self.dtype, self.device, self.k, self.nan_aware = geometry, dtype, device, k, nan_aware
         self.values = torch.full((geometry.batch, k, *geometry.out_size), -math.inf, dtype=dtype, device=device)
         self.index = torch.full(self.values.shape, geometry.num_displacements, dtype=torch.long, device=device)
         self._tile_index: dict[tuple, torch.Tensor] = {}
@@ -217,7 +213,7 @@ class TopKSink:
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
         g, k = self.geometry, self.k
         flat = _flat_band(band, g.ndim, self.dtype)  # (Bt, *U, J)
-        local = _top_indices(flat, min(k, flat.shape[-1]), nan_aware=self.ieee)
+        local = _top_indices(flat, min(k, flat.shape[-1]), nan_aware=self.nan_aware)
         top = flat.gather(-1, local)
         del flat
         top_index = _cached_tile_indices(self._tile_index, g, tile, self.device)[local]
@@ -281,10 +277,8 @@ class SoftArgmaxSink:
     rescales them by ``exp(m_old - m_new)``. The expectation is ``s / z``.
 
     State: ``m``, ``z`` ``(B, *out_size)`` and ``s`` ``(B, N, *out_size)``, compute dtype.
+    NaN and Inf propagate as in ``torch.softmax``.
     """
-
-    #: Set on the exact NaN/Inf path; NaN and Inf propagate as in torch.softmax either way.
-    ieee = False
 
     def __init__(self, geometry: Geometry, dtype: torch.dtype, device: torch.device, temperature: float) -> None:
         self.geometry, self.dtype, self.device, self.temperature = geometry, dtype, device, temperature
@@ -411,13 +405,17 @@ def _softargmax_grad(
 # --------------------------------------------------------------------------- execution
 
 
-def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[], Any]):
-    """Run the plan into a fresh sink (fresh again on an out-of-memory retry) and return it."""
+def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[bool], Any]):
+    """Run the plan into a fresh sink (fresh again on an out-of-memory retry) and return it.
+
+    ``make_sink(nan_aware)`` builds the sink; ``nan_aware`` is set when the
+    inputs hold NaN or Inf (the exact path), for sinks whose order depends on it.
+    """
     g = plan.geometry
     finite = g.channels == 0 or nonfinite.all_finite(input1, input2)
 
     def attempt(p: Plan):
-        sink = make_sink()
+        sink = make_sink(not finite)
         if g.channels == 0:
             # Sums over no channels: the volume is 0 everywhere (the engine needs C > 0).
             for tile in iter_tiles(g, p.tiling):
@@ -425,21 +423,20 @@ def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: flo
         elif finite:
             run_forward(input1, input2, g, p.tiling, sink, scale=scale)
         else:  # zero padding is not exact for NaN and Inf
-            sink.ieee = True
             nonfinite.run_forward(input1, input2, p, sink, scale=scale)
         return sink
 
     return with_oom_retry(plan, attempt)
 
 
-def _make_sink(reduction: str, plan: Plan, device: torch.device, k: int | None, temperature: float) -> Callable[[], Any]:
-    """A factory of fresh sinks of ``reduction`` for ``plan`` (one per attempt of :func:`_run_sink`)."""
+def _make_sink(reduction: str, plan: Plan, device: torch.device, k: int | None, temperature: float) -> Callable[[bool], Any]:
+    """A factory ``make(nan_aware)`` of fresh sinks of ``reduction`` for ``plan`` (one per attempt of :func:`_run_sink`)."""
     g, dtype = plan.geometry, plan.compute_dtype
     if reduction in ("max", "argmax"):
-        return lambda: MaxSink(g, dtype, device)
+        return lambda nan_aware: MaxSink(g, dtype, device)
     if reduction == "topk":
-        return lambda: TopKSink(g, dtype, device, k)
-    return lambda: SoftArgmaxSink(g, dtype, device, temperature)
+        return lambda nan_aware: TopKSink(g, dtype, device, k, nan_aware=nan_aware)
+    return lambda nan_aware: SoftArgmaxSink(g, dtype, device, temperature)
 
 
 def reduction_cost(reduction: Any, k: Any, geometry: Geometry, dtype: torch.dtype, requires_grad: Any) -> SinkCost:
@@ -540,8 +537,7 @@ class SoftArgmaxFunction(torch.autograd.Function):
 
 
 def _op_plan(input1: torch.Tensor, geometry: Geometry, budget: str, reduction: str, k: int | None, backward: bool) -> Plan:
-    return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=ops.decode_budget(budget),
-                         requires_grad=backward, sink_cost=sink_cost(reduction, k, geometry.ndim, input1.dtype))
+    return ops.plan_at_run_time(input1, geometry, budget, backward, sink_cost(reduction, k, geometry.ndim, input1.dtype))
 
 
 @torch.library.custom_op("tiledcorr::correlate_reduce", mutates_args=())
@@ -600,36 +596,18 @@ def correlate_reduce_backward_op(
         source = _softargmax_grad(geometry, index_or_max, normaliser, result, grad, temperature)
     else:
         source, present = _selection_grad(geometry, index_or_max, grad, plan.compute_dtype), _selection_classes(grad)
-    grad1, grad2 = backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad,
-                                   upstream_present=present)
-    return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
+    return ops.input_grads_or_empty(input1, input2, *backward_inputs(
+        input1, input2, source, plan, scale, need1, need2, upstream=grad, upstream_present=present))
 
 
 @correlate_reduce_backward_op.register_fake
 def _correlate_reduce_backward_fake(grad, input1, input2, result, index_or_max, normaliser, kernel, patch, stride, padding,
                                     dilation, dilation_patch, out_limit, scale, budget, reduction, k, temperature, need1,
                                     need2):
-    return (input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,)))
+    return ops.input_grads_fake(input1, input2, need1, need2)
 
 
-def _op_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    """Save the inputs and the three results for :func:`_op_backward`."""
-    input1, input2, *rest = inputs
-    ctx.save_for_backward(input1, input2, *output)
-    ctx.rest = rest
-
-
-def _op_backward(ctx: Any, grad: torch.Tensor, _grad_index_or_max: Any, _grad_normaliser: Any) -> tuple:
-    """Autograd of :func:`correlate_reduce_op`: both input gradients through the backward operator."""
-    input1, input2, *results = ctx.saved_tensors
-    need1, need2 = ctx.needs_input_grad[:2]
-    grad1, grad2 = torch.ops.tiledcorr.correlate_reduce_backward(grad, input1, input2, *results, *ctx.rest, need1, need2)
-    grad1 = guard_double_backward(grad1, input1, input2) if need1 else None
-    grad2 = guard_double_backward(grad2, input1, input2) if need2 else None
-    return (grad1, grad2) + (None,) * len(ctx.rest)
-
-
-correlate_reduce_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+ops.register_backward(correlate_reduce_op, torch.ops.tiledcorr.correlate_reduce_backward, save_results=True)
 
 
 @torch.compiler.disable
