@@ -40,8 +40,8 @@ import torch
 
 import tiledcorr
 from tiledcorr.budget import free_memory, format_bytes
-from tiledcorr.machine import describe_machine
-from tiledcorr.naive import naive_correlate, naive_peak_bytes
+from tiledcorr.tools.machine import describe_machine
+from tiledcorr.tools.naive import naive_correlate, naive_peak_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def time_interleaved(contenders: dict, repeats: dict, device, warmup: dict) -> d
     the ratios. Round ``r`` runs every contender with ``repeats[name] > r``,
     after ``warmup[name]`` untimed calls.
 
-    Deliberately not :func:`tiledcorr.measure.measure`: importing that module
+    Deliberately not :func:`tiledcorr.tools.measure.measure`: importing that module
     tells glibc to give every buffer above 64 KiB its own mapping (so freed
     memory leaves the RSS and peaks are exact), which makes every allocation
     page-fault afresh and slows every contender by how much it allocates.

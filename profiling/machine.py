@@ -1,6 +1,6 @@
 """Print the machine's description as JSON, to save next to benchmark results.
 
-The description itself is :func:`tiledcorr.machine.describe_machine` (the
+The description itself is :func:`tiledcorr.tools.machine.describe_machine` (the
 ``tiledcorr profile --json`` and ``sweep --json`` commands embed the same
 dict); it lives in the package because the installed command needs it, and
 this script re-exports it for the scripts in ``profiling/``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 
-from tiledcorr.machine import describe_machine
+from tiledcorr.tools.machine import describe_machine
 
 __all__ = ["describe_machine"]
 

@@ -4,7 +4,7 @@ memory_profiler reads the process's resident memory before and after every
 line. That shows *where* memory is held, but it misses peaks that come and go
 inside one line (a temporary freed before the line returns), so the report
 also gives, for each step, the exact peak from the kernel's high-water mark
-(:func:`tiledcorr.measure.peak_memory`) and the prediction. The optional
+(:func:`tiledcorr.tools.measure.peak_memory`) and the prediction. The optional
 figure samples the resident memory over time with memory_profiler's
 ``memory_usage``.
 
@@ -27,9 +27,9 @@ from memory_profiler import LineProfiler, memory_usage, show_results
 
 import tiledcorr
 from tiledcorr.budget import format_bytes
-from tiledcorr.machine import describe_machine
-from tiledcorr.measure import peak_memory
-from tiledcorr.naive import naive_correlate, naive_peak_bytes
+from tiledcorr.tools.machine import describe_machine
+from tiledcorr.tools.measure import peak_memory
+from tiledcorr.tools.naive import naive_correlate, naive_peak_bytes
 
 
 def tiled_step(x1: torch.Tensor, x2: torch.Tensor, grad_out: torch.Tensor, patch_size: int, budget: str):
@@ -65,7 +65,7 @@ def line_profile(functions, call) -> str:
 
 def plot_timeline(samples: dict[str, list[tuple[float, float]]], title: str, path: Path) -> None:
     """Resident memory (MiB) against time for each step, each from its own start."""
-    from tiledcorr.plotting import import_pyplot
+    from tiledcorr.tools.plotting import import_pyplot
 
     plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")

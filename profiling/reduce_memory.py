@@ -8,7 +8,7 @@ machine's description):
 
 * the plan (workspace predicted, the reduction's per-tile temporaries included);
 * the wall-clock time and the measured peak memory of the call
-  (:func:`tiledcorr.measure.peak_memory`: the resident-set high-water mark
+  (:func:`tiledcorr.tools.measure.peak_memory`: the resident-set high-water mark
   above the level before the call, on CPU);
 * the bytes a stored volume ``(2, 81, 81, 96, 96)`` float32 would take alone.
 
@@ -42,10 +42,8 @@ import torch
 
 import tiledcorr
 from tiledcorr.budget import format_bytes
-from tiledcorr.machine import describe_machine
-from tiledcorr.measure import peak_memory
-from tiledcorr.planner import make_geometry, plan_geometry
-from tiledcorr.reduce import sink_cost
+from tiledcorr.tools.machine import describe_machine
+from tiledcorr.tools.measure import peak_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +53,7 @@ def main() -> None:
     parser.add_argument("--shape", default="2,128,96,96", help="B,C,H,W")
     parser.add_argument("--patch-size", type=int, default=81)
     parser.add_argument("--budget", default="256MiB")
-    parser.add_argument("--reduction", default="argmax", choices=tiledcorr.reduce.REDUCTIONS)
+    parser.add_argument("--reduction", default="argmax", choices=tuple(tiledcorr.reductions.REDUCTIONS))
     parser.add_argument("--k", type=int, default=None, help="for --reduction topk")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,8 +66,9 @@ def main() -> None:
     x2 = torch.randn(shape, generator=gen).to(device)
     kw = dict(patch_size=args.patch_size, reduction=args.reduction, k=args.k, memory_budget=args.budget)
 
-    geometry = make_geometry(shape, None, 1, args.patch_size, 1, 0, 1, 1)
-    plan = plan_geometry(geometry, device=device, memory_budget=args.budget, sink_cost=sink_cost(args.reduction, args.k, 2, torch.float32))
+    plan = tiledcorr.plan(shape, patch_size=args.patch_size, device=device, memory_budget=args.budget,
+                          reduction=args.reduction, k=args.k)
+    geometry = plan.geometry
     print(plan)
 
     small = x1[:1, :, :16, :16].contiguous()

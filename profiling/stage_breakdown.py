@@ -37,24 +37,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CONFIGS, time_interleaved  # noqa: E402
 
 import tiledcorr  # noqa: E402
-from tiledcorr import engine, hugepages  # noqa: E402
+from tiledcorr.execution import hugepages  # noqa: E402
+from tiledcorr.execution.context import TileContext  # noqa: E402
+from tiledcorr.execution.sinks import OutputSink  # noqa: E402
 
 
 @contextmanager
 def switched_off(level: int):
     """Replace the last ``level`` stages (sink, bmm, region gather) by no-ops."""
-    saved = engine.OutputSink.consume, torch.bmm, engine._Context.gather_x2
+    saved = OutputSink.consume, torch.bmm, TileContext.gather_x2
     try:
         if level >= 1:
-            engine.OutputSink.consume = lambda self, tile, band: None
+            OutputSink.consume = lambda self, tile, band: None
         if level >= 2:
             torch.bmm = lambda *args, **kwargs: None
         if level >= 3:
-            engine._Context.gather_x2 = lambda self, tile, extent: self.ws.view(
+            TileContext.gather_x2 = lambda self, tile, extent: self.ws.view(
                 "x2", tile.batch, len(self.offsets), self.geometry.channels, *extent)
         yield
     finally:
-        engine.OutputSink.consume, torch.bmm, engine._Context.gather_x2 = saved
+        OutputSink.consume, torch.bmm, TileContext.gather_x2 = saved
 
 
 def medians(calls: dict, repeat: int) -> dict:

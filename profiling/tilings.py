@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CONFIGS, time_interleaved  # noqa: E402
 
 import tiledcorr  # noqa: E402
-from tiledcorr import engine, hugepages  # noqa: E402
-from tiledcorr.engine import Tiling  # noqa: E402
+from tiledcorr.execution import engine, hugepages  # noqa: E402
+from tiledcorr.execution.sinks import OutputSink, volume_grad  # noqa: E402
+from tiledcorr.planning.tiling import Tiling  # noqa: E402
 
 
 def parse_tiling(spec: str, default: Tiling) -> Tiling:
@@ -70,10 +71,10 @@ def main(argv=None) -> int:
             def run():
                 out = torch.empty(g.out_shape)
                 hugepages.advise(out)
-                engine.run_forward(x1, x2, g, tiling, engine.OutputSink(g, out))
+                engine.run_forward(x1, x2, g, tiling, OutputSink(g, out))
         else:
             def run():
-                engine.run_backward(x1, x2, g, tiling, torch.zeros(shape), torch.zeros(shape), engine.volume_grad(grad))
+                engine.run_backward(x1, x2, g, tiling, torch.zeros(shape), torch.zeros(shape), volume_grad(grad))
         return run
 
     runs = {i: runner(t) for i, t in enumerate(tilings)}

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES
-from tiledcorr import cli, profile
-from tiledcorr.demo import DemoConfig, color_wheel, flow_to_color, run_demo
-from tiledcorr.machine import describe_machine
-from tiledcorr.progress import Progress
+from tiledcorr.planning.registry import names as _strategy_names
+from tiledcorr.tools import cli, profile
+from tiledcorr.tools.demo import DemoConfig, color_wheel, flow_to_color, run_demo
+from tiledcorr.tools.machine import describe_machine
+from tiledcorr.tools.progress import Progress
+
+STRATEGIES = _strategy_names()
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -257,7 +259,7 @@ def test_demo_recovers_the_flow(capsys, tmp_path):
 
 def test_demo_scores_the_truth_against_itself(tmp_path, monkeypatch):
     """With a perfect displacement estimate the error is the rounding of the true flow only."""
-    import tiledcorr.demo as demo
+    import tiledcorr.tools.demo as demo
 
     config = DemoConfig(size=40, patch_size=9, channels=8)
     _, _, flow = demo.make_pair(config)

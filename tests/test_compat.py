@@ -31,12 +31,14 @@ from tiledcorr import (
     flownet_correlation,
     spatial_correlation_sample,
 )
-from tiledcorr.autograd import CorrelationFunction
 from tiledcorr.compat.flownet import flownet_geometry
-from tiledcorr.engine import STRATEGIES
 from tiledcorr.geometry import Geometry
-from tiledcorr.planner import plan_geometry
+from tiledcorr.ops.correlate import cost_volume
+from tiledcorr.planning.planner import plan_geometry
+from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.reference import corrtorch_reference, correlate_reference, flownet_reference
+
+STRATEGIES = _strategy_names()
 
 F64 = torch.float64
 
@@ -211,7 +213,7 @@ def test_negative_engine_padding(strategy, args):
     D = geometry.patch[0]
 
     def run(a, b):
-        return CorrelationFunction.apply(a, b, plan, scale).reshape(2, D * D, *geometry.out_size)
+        return cost_volume(a, b, plan.geometry, scale, None, plan).reshape(2, D * D, *geometry.out_size)
 
     _check_against(run, lambda a, b: flownet_reference(a, b, *args), x1, x2, seed=26)
 
@@ -229,7 +231,7 @@ def test_negative_padding_is_a_crop_of_the_origin(stride):
     (oH, oW), first = geometry.out_size, q // stride
     assert oH > 0 and oW > 0
     expected = correlate_reference(x1, x2, 2, 3, stride)[..., first : first + oH, first : first + oW]
-    _close(CorrelationFunction.apply(x1, x2, plan, 1.0), expected)
+    _close(cost_volume(x1, x2, plan.geometry, 1.0, None, plan), expected)
 
 
 def test_flownet_empty_output():

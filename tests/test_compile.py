@@ -66,9 +66,9 @@ def test_fullgraph_with_every_budget_form(memory_budget):
 def test_operator_called_directly_equals_correlate():
     a, b = _inputs(2)
     p = tiledcorr.plan(a.shape, patch_size=3, dtype=a.dtype)
-    from tiledcorr import ops
+    from tiledcorr.library import common
 
-    out = torch.ops.tiledcorr.correlate(a, b, *ops.geometry_args(p.geometry), 1.0, ops.encode_budget(None))
+    out = torch.ops.tiledcorr.correlate(a, b, *common.geometry_args(p.geometry), 1.0, common.encode_budget(None), "")
     torch.testing.assert_close(out, tiledcorr.correlate(a, b, patch_size=3), rtol=0, atol=0)
 
 
@@ -132,12 +132,12 @@ def test_argmax_and_topk_displacements_compile_without_graph_breaks():
 
 
 def test_reduction_operator_called_directly_equals_correlate_reduce():
-    from tiledcorr import ops
+    from tiledcorr.library import common
 
     a, b = _inputs(8)
     geometry = tiledcorr.plan(a.shape, patch_size=3, dtype=a.dtype).geometry
     values, index, _ = torch.ops.tiledcorr.correlate_reduce(
-        a, b, *ops.geometry_args(geometry), 1.0, ops.encode_budget(None), "topk", 2, 1.0)
+        a, b, *common.geometry_args(geometry), 1.0, common.encode_budget(None), "", "topk", 2, 1.0)
     expected = tiledcorr.correlate_reduce(a, b, patch_size=3, reduction="topk", k=2)
     torch.testing.assert_close(values, expected.values, rtol=0, atol=0)
     assert index.shape == (2, 2, 9, 11) and index.dtype == torch.long

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES
+from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.reference import correlate_reference
 
 from support import assert_matches_reference
+
+STRATEGIES = _strategy_names()
 
 # (shape B,C,H,W ; kernel, patch, stride, padding, dilation, dilation_patch): every parameter takes
 # a value other than 1 (0 for padding) somewhere, tuples, even sizes, odd non-square images, B > 1.
@@ -129,10 +131,10 @@ def test_only_requested_gradients_are_computed(monkeypatch):
     x1, x2 = _inputs((1, 3, 6, 7))
     x2.requires_grad_()
     calls = []
-    from tiledcorr import engine
+    from tiledcorr.execution import context
 
-    real = engine.scatter_add
-    monkeypatch.setattr(engine, "scatter_add", lambda target, *a, **k: (calls.append(target.shape), real(target, *a, **k)))
+    real = context.scatter_add
+    monkeypatch.setattr(context, "scatter_add", lambda target, *a, **k: (calls.append(target.shape), real(target, *a, **k)))
     out = tiledcorr.correlate(x1, x2, patch_size=3, kernel_size=2)
     out.backward(torch.ones_like(out))
     assert x1.grad is None and x2.grad is not None

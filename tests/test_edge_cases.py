@@ -14,7 +14,7 @@ import torch
 
 import tiledcorr
 from tiledcorr import compat
-from tiledcorr.reduce import correlate_reduce
+from tiledcorr import correlate_reduce
 from tiledcorr.reference import correlate_reference
 
 F64 = torch.float64

@@ -17,7 +17,7 @@ import torch
 import tiledcorr
 from tiledcorr import compat
 from tiledcorr.errors import ArgumentTypeError, ArgumentValueError, DeviceError, MemoryBudgetError, ShapeError
-from tiledcorr.reduce import CorrelationReduce, correlate_reduce
+from tiledcorr import CorrelationReduce, correlate_reduce
 
 BUILTIN = {ShapeError: ValueError, ArgumentTypeError: TypeError, ArgumentValueError: ValueError,
            DeviceError: ValueError, MemoryBudgetError: RuntimeError}

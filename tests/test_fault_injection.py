@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr import autograd, engine
+from tiledcorr.execution import retry
+from tiledcorr.planning import registry
+from tiledcorr.strategies.tile_matmul import TileMatmul
 from tiledcorr.reference import correlate_reference
 
 SHAPE, KW = (2, 3, 8, 9), dict(kernel_size=2, patch_size=5, padding=1)
@@ -47,7 +49,7 @@ def fail_on_calls(real, calls: set[int]):
 @pytest.fixture(autouse=True)
 def fresh_warning(monkeypatch):
     """The retry warning is given once per process: let each test see it afresh."""
-    monkeypatch.setattr(autograd, "_warned_retry", False)
+    monkeypatch.setattr(retry, "_warned_retry", False)
 
 
 def _retry_warnings(record) -> list:
@@ -78,8 +80,8 @@ def test_backward_oom_mid_chunk_does_not_accumulate_twice(monkeypatch):
     a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
     out = tiledcorr.correlate(a, b, plan=_plan(), **KW)
     grad = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    backward = fail_on_calls(engine.TileMatmul.backward, {3})  # two tiles already scattered into the gradients
-    monkeypatch.setattr(engine.TileMatmul, "backward", backward)
+    backward = fail_on_calls(TileMatmul.backward, {3})  # two tiles already scattered into the gradients
+    monkeypatch.setattr(TileMatmul, "backward", backward)
     with pytest.warns(RuntimeWarning, match="retrying"):
         out.backward(grad)
     assert backward.calls() > 3
@@ -93,8 +95,8 @@ def _always_oom(monkeypatch, method: str) -> None:
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. (simulated by the test)")
 
-    for strategy in engine.STRATEGIES.values():
-        monkeypatch.setattr(strategy, method, oom)
+    for name in registry.names():
+        monkeypatch.setattr(type(registry.get(name)), method, oom)
 
 
 def test_forward_oom_at_every_size_is_a_memory_budget_error(monkeypatch):

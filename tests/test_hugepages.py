@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiledcorr import hugepages
+from tiledcorr.execution import hugepages
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 

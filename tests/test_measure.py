@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tiledcorr.measure import peak_memory
+from tiledcorr.tools.measure import peak_memory
 
 
 def test_peak_counts_what_the_call_allocates():

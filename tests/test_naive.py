@@ -9,8 +9,8 @@ import torch
 
 import tiledcorr
 from tiledcorr.errors import ShapeError
-from tiledcorr.measure import peak_memory
-from tiledcorr.naive import naive_correlate, naive_peak_bytes
+from tiledcorr.tools.measure import peak_memory
+from tiledcorr.tools.naive import naive_correlate, naive_peak_bytes
 from tiledcorr.reference import correlate_reference
 
 # Every parameter away from its default somewhere, tuples, even sizes, non-square images, B > 1.

@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES
+from tiledcorr.planning.registry import names as _strategy_names
+
+STRATEGIES = _strategy_names()
 
 PARAMS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch")
 
@@ -226,7 +228,7 @@ def test_opposite_infinities_in_one_sum_are_nan_and_finite_overflow_is_kept():
 
 
 def test_finite_inputs_never_take_the_nonfinite_path(monkeypatch):
-    from tiledcorr import nonfinite
+    from tiledcorr.execution import nonfinite
 
     def fail(*args, **kwargs):
         raise AssertionError("the non-finite path ran for finite inputs")

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES
+from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.reference import correlate_reference
+
+STRATEGIES = _strategy_names()
 
 
 def random_config(seed: int) -> tuple[tuple[int, ...], dict]:

@@ -14,9 +14,12 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr import planner
+from tiledcorr.planning import planner
 from tiledcorr.budget import resolve_budget
-from tiledcorr.engine import STRATEGIES, workspace_elements
+from tiledcorr.execution.engine import workspace_elements
+from tiledcorr.planning.registry import names as _strategy_names
+
+STRATEGIES = _strategy_names()
 
 CONFIGS = [
     ((4, 128, 96, 96), dict(patch_size=41)),
@@ -59,17 +62,19 @@ def test_tiny_budget_gives_many_chunks_and_the_error_states_the_minimum():
 
 
 def test_vectorised_memory_model_matches_the_strategies_buffers():
-    """The planner's vectorised byte counts equal what the engine allocates, for every candidate kind."""
+    """The planner's byte counts of candidate rows equal what the engine allocates for their tilings."""
     rng = np.random.default_rng(0)
+    model = planner.device_model("cpu")
     for shape, kw in CONFIGS:
         geometry = planner.make_geometry(shape, None, **{k: kw.get(k, d) for k, d in dict(
             kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1).items()})
-        for name in STRATEGIES:
-            cands = planner._candidates(geometry, 4, planner.DEVICE_MODELS["cpu"], name)
-            for i in rng.choice(len(cands["fwd_bytes"]), size=20, replace=False):
-                tiling = cands["tiling"](int(i))
-                assert cands["fwd_bytes"][i] == 4 * sum(workspace_elements(geometry, tiling, backward=False).values())
-                assert cands["bwd_bytes"][i] == 4 * sum(workspace_elements(geometry, tiling, backward=True).values())
+        for grid in planner._candidate_grids(geometry, torch.float32, "cpu", 4, model, None):
+            dims = grid.dims(geometry, slice(0, grid.count))
+            fwd, bwd = planner._workspace(grid.strategy, dims, planner.SinkCost(), 4, 0)
+            for i in rng.choice(grid.count, size=20, replace=False):
+                tiling = grid.tiling(int(i))
+                assert fwd[i] == 4 * sum(workspace_elements(geometry, tiling, backward=False).values())
+                assert bwd[i] == 4 * sum(workspace_elements(geometry, tiling, backward=True).values())
 
 
 def test_half_inputs_count_float32_buffers_and_accumulators():
@@ -129,7 +134,7 @@ def test_correlate_checks_that_a_plan_fits_the_inputs():
 
 
 def test_output_that_cannot_fit_is_refused_before_allocating(monkeypatch):
-    from tiledcorr import planner as pl
+    from tiledcorr.planning import planner as pl
 
     monkeypatch.setattr(pl, "free_memory", lambda device: 10_000)
     x = torch.randn(1, 2, 30, 30)

@@ -17,12 +17,14 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES
-from tiledcorr.engine import workspace_elements
-from tiledcorr.measure import peak_memory
-from tiledcorr.planner import make_geometry, plan_geometry
-from tiledcorr.reduce import REDUCTIONS, sink_cost
+from tiledcorr.planning.registry import names as _strategy_names
+from tiledcorr.execution.engine import workspace_elements
+from tiledcorr.tools.measure import peak_memory
+from tiledcorr.planning.planner import make_geometry, plan_geometry
+from tiledcorr.reductions import REDUCTIONS, sink_cost
 from tiledcorr.reference import correlate_reference
+
+STRATEGIES = _strategy_names()
 
 F64 = torch.float64
 
@@ -365,7 +367,7 @@ def test_plan_with_a_bad_reduction_says_why(kw, message):
 
 def test_a_gradient_source_needs_its_upstream_gradient():
     """Without it the exact NaN/Inf path could not see a non-finite gradient of the results."""
-    from tiledcorr.autograd import backward_inputs
+    from tiledcorr.execution.volume import backward_inputs
 
     x = torch.randn(1, 2, 6, 6)
     p = tiledcorr.plan(x.shape, patch_size=3, requires_grad=True)

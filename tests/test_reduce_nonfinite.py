@@ -20,11 +20,14 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES, Tiling
-from tiledcorr.planner import make_geometry, plan_geometry
-from tiledcorr.reduce import REDUCTIONS, sink_cost
+from tiledcorr.planning.registry import names as _strategy_names
+from tiledcorr.planning.tiling import Tiling
+from tiledcorr.planning.planner import make_geometry, plan_geometry
+from tiledcorr.reductions import REDUCTIONS, sink_cost
 
 from test_nonfinite import CONFIGS, _ids, _inputs, _sprinkle, assert_ieee_equal, ieee_backward, ieee_forward
+
+STRATEGIES = _strategy_names()
 
 F64 = torch.float64
 TEMPERATURE = 0.7
@@ -72,7 +75,7 @@ def _assert_same(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> No
 
 
 @pytest.mark.parametrize("case", CONFIGS, ids=[_ids(c) for c in CONFIGS])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("reduction", tuple(REDUCTIONS))
 def test_forward_and_backward_equal_torch_on_the_exact_volume(case, reduction):
     shape, kw = case
     x1, x2 = _inputs(shape, seed=3)
@@ -134,7 +137,7 @@ def test_a_nonfinite_gradient_of_finite_inputs_reaches_only_valid_terms(reductio
 
 
 def test_finite_inputs_never_take_the_exact_path(monkeypatch):
-    from tiledcorr import nonfinite
+    from tiledcorr.execution import nonfinite
 
     def fail(*args, **kwargs):
         raise AssertionError("finite inputs took the NaN/Inf path")
@@ -195,8 +198,8 @@ def test_float32_results_and_gradients_have_the_exact_classes(reduction):
 
 def test_stacked_indicator_problems_fit_the_budget():
     """The pairs stacked along channels share a workspace in the compute dtype (float64: 8 bytes)."""
-    from tiledcorr.engine import workspace_elements
-    from tiledcorr.nonfinite import _stack_size
+    from tiledcorr.execution.engine import workspace_elements
+    from tiledcorr.execution.nonfinite import _stack_size
 
     shape = (2, 8, 24, 20)
     for dtype in (torch.float32, F64):

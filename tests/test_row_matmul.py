@@ -8,8 +8,11 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr import engine
-from tiledcorr.engine import Tiling, stacked_groups, stacked_window_rows
+from tiledcorr.execution.bands import swap_band_order, transpose_band
+from tiledcorr.execution.workspace import Workspace
+from tiledcorr.strategies.row_matmul import RowMatmul
+from tiledcorr.planning.tiling import Tiling
+from tiledcorr.strategies.row_matmul import stacked_groups, stacked_window_rows
 from tiledcorr.reference import correlate_reference
 
 from support import assert_matches_reference
@@ -50,7 +53,7 @@ def test_forced_row_tilings_match_reference(tile, kw):
     base = tiledcorr.plan(shape, dtype=torch.float64, strategy="row_matmul", requires_grad=True, memory_budget="1GiB", **kw)
     p = dataclasses.replace(base, tiling=Tiling("row_matmul", 1, tile, base.tiling.disp_tile))
     assert p.passes > 2
-    assert engine.RowMatmul.stacked_grad2(p.geometry)
+    assert RowMatmul.stacked_grad2(p.geometry)
     assert_matches_reference(
         lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw), lambda a, b: correlate_reference(a, b, **kw),
         x1, x2, rtol=1e-10, atol=1e-10,
@@ -58,7 +61,7 @@ def test_forced_row_tilings_match_reference(tile, kw):
 
 
 def test_zeroed_view_rezeroes_after_a_plain_view_or_another_key():
-    ws = engine.Workspace({"y": 12}, torch.float64, torch.device("cpu"))
+    ws = Workspace({"y": 12}, torch.float64, torch.device("cpu"))
     a = ws.zeroed_view("y", "k", 3, 4)
     assert (a == 0).all()
     a[0, 0] = 5.0  # the caller's band
@@ -76,7 +79,7 @@ def test_transpose_band_equals_copy(threads):
     try:
         src = torch.randn(1, 9, 7, 40, 33)  # (Bt, J1, J2, U1, U2), volume order
         dst = torch.empty(1, 40, 33, 9, 7)
-        engine.transpose_band(engine.swap_band_order(dst, 2), src, 1)
-        assert torch.equal(engine.swap_band_order(dst, 2), src)
+        transpose_band(swap_band_order(dst, 2), src, 1)
+        assert torch.equal(swap_band_order(dst, 2), src)
     finally:
         torch.set_num_threads(previous)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 import tiledcorr
-from tiledcorr import planner
+from tiledcorr.planning import planner
 from tiledcorr.reference import correlate_reference
 
 THREADS = 4

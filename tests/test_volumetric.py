@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 
 import tiledcorr
-from tiledcorr.engine import STRATEGIES
-from tiledcorr.measure import peak_memory
+from tiledcorr.planning.registry import names as _strategy_names
+from tiledcorr.tools.measure import peak_memory
 from tiledcorr.reference import correlate_reference
 
 from support import assert_matches_reference
+
+STRATEGIES = _strategy_names()
 
 F64 = torch.float64
 

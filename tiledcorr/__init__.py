@@ -10,9 +10,9 @@ from .errors import (
     ShapeError,
     TiledCorrError,
 )
-from .planner import Plan, plan
-from .reduce import CorrelationReduce, TopK, correlate_reduce
-from .volume import SpatialCorrelation, correlate
+from .ops import CorrelationReduce, SpatialCorrelation, correlate, correlate_reduce, plan
+from .planning.planner import Plan
+from .reductions import TopK
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ from torch import nn
 from .. import checks
 from ..errors import ArgumentValueError
 from ..typing import BudgetLike
-from ..volume import _repr_args
+from ..ops.common import repr_args
 from .flownet import flownet_correlation
 
 
@@ -129,4 +129,4 @@ class CorrTorch(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return _repr_args(self, self._ARGS, {"memory_budget": None})
+        return repr_args(self, self._ARGS, {"memory_budget": None})

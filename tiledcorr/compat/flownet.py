@@ -20,7 +20,8 @@ from .. import checks
 from ..errors import ArgumentValueError
 from ..geometry import Geometry
 from ..typing import BudgetLike
-from ..volume import _repr_args, cost_volume, normalization_scale, prepare_inputs
+from ..ops.common import normalization_scale, prepare_inputs, repr_args
+from ..ops.correlate import cost_volume
 
 
 def check_flownet_args(
@@ -166,7 +167,7 @@ class FlowNetCorrelation(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return _repr_args(self, self._ARGS, {"memory_budget": None})
+        return repr_args(self, self._ARGS, {"memory_budget": None})
 
 
 #: FlowNet2's own name for the Module (``from tiledcorr import Correlation``).

@@ -7,7 +7,8 @@ from torch import nn
 
 from .. import checks
 from ..typing import BudgetLike, IntOrTuple
-from ..volume import _repr_args, correlate
+from ..ops.common import repr_args
+from ..ops.correlate import correlate
 
 
 def spatial_correlation_sample(
@@ -106,4 +107,4 @@ class SpatialCorrelationSampler(nn.Module):
 
     def extra_repr(self) -> str:
         # Every argument of the original (so the repr reads like its constructor call); the budget when set.
-        return _repr_args(self, self._ARGS, {"memory_budget": None})
+        return repr_args(self, self._ARGS, {"memory_budget": None})

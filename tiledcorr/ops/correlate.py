@@ -2,74 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 from torch import nn
 
-from . import checks, ops
-from .autograd import CorrelationFunction
-from .errors import ArgumentTypeError, ArgumentValueError
-from .geometry import Geometry
-from .planner import Plan, SinkCost, check_output_fits, make_geometry, plan_geometry
-from .typing import BudgetLike, IntOrTuple, Normalize
-
-NORMALIZATIONS = (None, "channels", "kernel_channels", "sqrt_channels")
-
-
-def normalization_scale(normalize: Normalize, channels: int, kernel_volume: int) -> float:
-    """The factor each sum is multiplied by for a ``normalize`` option.
-
-    ``None``: 1 (a plain sum, as ``spatial_correlation_sampler``);
-    ``"channels"``: 1/C (the mean over channels, as the pure-PyTorch ports);
-    ``"kernel_channels"``: 1/(k*k*C) (FlowNet2); ``"sqrt_channels"``: 1/sqrt(C)
-    (RAFT, GMFlow). With C = 0 the sums are empty and the factor is 1.
-    """
-    if normalize not in NORMALIZATIONS:
-        raise ArgumentValueError(f"normalize must be one of {NORMALIZATIONS}, got {checks.show(normalize)}")
-    if normalize is None or channels == 0:
-        return 1.0
-    return {
-        "channels": 1.0 / channels,
-        "kernel_channels": 1.0 / (channels * kernel_volume),
-        "sqrt_channels": 1.0 / math.sqrt(channels),
-    }[normalize]
-
-
-def prepare_inputs(input1: Any, input2: Any, *, spatial_dims=(2, 3)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate the two inputs and apply autocast (correlation runs in autocast's dtype, as matmul).
-
-    As for matmul, float64 inputs are left in float64 inside an autocast region.
-    """
-    checks.check_inputs(input1, input2, spatial_dims=spatial_dims)
-    device_type = input1.device.type
-    if torch.is_autocast_enabled(device_type) and input1.dtype != torch.float64:
-        low = torch.get_autocast_dtype(device_type)
-        input1, input2 = input1.to(low), input2.to(low)
-    return input1, input2
-
-
-def resolve_plan(
-    geometry: Geometry, input1: torch.Tensor, input2: torch.Tensor, memory_budget: BudgetLike, plan: Plan | None,
-    sink_cost: SinkCost | None = None,
-) -> Plan:
-    """Plan for ``geometry`` under ``memory_budget``, or check that a given ``plan`` fits it.
-
-    Shared by every entry point that runs the engine (the cost volume, the
-    fused reductions, the drop-in shims). ``sink_cost``: a fused reduction's
-    per-tile temporaries, counted against the budget.
-    """
-    if plan is None:
-        requires_grad = torch.is_grad_enabled() and (input1.requires_grad or input2.requires_grad)
-        return plan_geometry(
-            geometry, dtype=input1.dtype, device=input1.device, memory_budget=memory_budget, requires_grad=requires_grad,
-            sink_cost=sink_cost,
-        )
-    if not isinstance(plan, Plan):
-        raise ArgumentTypeError(f"plan must be a tiledcorr.Plan from tiledcorr.plan(), got {type(plan).__name__}")
-    plan.check_fits(geometry, input1.dtype, input1.device)
-    return plan
+from .. import checks
+from ..geometry import Geometry
+from ..library.common import geometry_args, operator_args
+from ..planning.planner import Plan, make_geometry
+from ..typing import BudgetLike, IntOrTuple, Normalize
+from .common import check_plan, normalization_scale, prepare_inputs, repr_args
 
 
 def correlate(
@@ -155,29 +96,12 @@ def cost_volume(
 ) -> torch.Tensor:
     """The differentiable volume ``(B, *patch, *out_size)`` of validated inputs (for :func:`correlate` and the shims).
 
-    Under ``torch.compile`` it is the custom operator ``tiledcorr::correlate``
-    (:mod:`tiledcorr.ops`), which plans at run time; otherwise, and for a given
-    ``plan`` (not an operator argument) or a ``memory_budget`` of a refused
-    type (to raise its error), the eager autograd Function.
+    Always the custom operator ``tiledcorr::correlate`` (:mod:`tiledcorr.library`),
+    which plans at run time, or runs the tiling of a given ``plan``.
     """
-    budget = ops.encode_budget(memory_budget)
+    budget, tiling = operator_args(check_plan(plan, geometry, input1), memory_budget)
     with torch.autocast(input1.device.type, enabled=False):
-        if torch.compiler.is_compiling() and plan is None and budget is not None:
-            return ops.correlate_volume(input1, input2, geometry, scale, budget)
-        return _cost_volume_eager(input1, input2, geometry, scale, memory_budget, plan)
-
-
-@torch.compiler.disable
-def _cost_volume_eager(input1, input2, geometry: Geometry, scale: float, memory_budget: BudgetLike, plan: Plan | None):
-    plan = resolve_plan(geometry, input1, input2, memory_budget, plan)
-    check_output_fits(plan, input1.device)
-    return CorrelationFunction.apply(input1, input2, plan, scale)
-
-
-def _repr_args(module: nn.Module, names: tuple[str, ...], defaults: dict[str, Any]) -> str:
-    """``name=value`` for each argument that differs from its default (kornia style)."""
-    parts = [f"{n}={getattr(module, n)!r}" for n in names if getattr(module, n) != defaults.get(n, object())]
-    return ", ".join(parts)
+        return torch.ops.tiledcorr.correlate(input1, input2, *geometry_args(geometry), float(scale), budget, tiling)
 
 
 class SpatialCorrelation(nn.Module):
@@ -213,4 +137,4 @@ class SpatialCorrelation(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return _repr_args(self, self._ARGS, self._DEFAULTS)
+        return repr_args(self, self._ARGS, self._DEFAULTS)

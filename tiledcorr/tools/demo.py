@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from .measure import peak_memory
-from .planner import Plan, make_geometry, plan, plan_geometry
+from ..ops.correlate import correlate
+from ..ops.correlate_reduce import correlate_reduce
+from ..ops.plan import plan
+from ..planning.planner import Plan
 from .plotting import import_pyplot
-from .reduce import correlate_reduce, sink_cost
-from .typing import BudgetLike
-from .volume import correlate
+from ..typing import BudgetLike
 
 #: Half-width of the feature filters; features closer than this to the border are not trusted.
 FILTER_RADIUS = 4
@@ -178,9 +179,9 @@ def argmax_fused(feat1: torch.Tensor, feat2: torch.Tensor, patch_size: int, memo
 
 def fused_peak(feat1: torch.Tensor, patch_size: int, memory_budget: BudgetLike) -> int:
     """Predicted peak of :func:`argmax_fused`: workspace and sink temporaries, running max and index, result."""
-    g = make_geometry(feat1.shape, None, 1, patch_size, 1, 0, 1, 1)
-    p = plan_geometry(g, dtype=feat1.dtype, device=feat1.device, memory_budget=memory_budget,
-                      sink_cost=sink_cost("argmax", None, g.ndim, feat1.dtype))
+    p = plan(feat1.shape, patch_size=patch_size, dtype=feat1.dtype, device=feat1.device, memory_budget=memory_budget,
+             reduction="argmax")
+    g = p.geometry
     per_position = p.compute_dtype.itemsize + 8 + 2 * 8  # running max, its int64 index, (dy, dx) int64
     return p.forward_workspace_bytes + g.batch * g.num_positions * per_position
 

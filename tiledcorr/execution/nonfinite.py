@@ -31,9 +31,9 @@ is *added* to the finite part, so a finite part that overflowed to +-inf on
 its own combines with it as IEEE addition does.
 
 The forward computes, for each tile, the indicator correlations and then the
-finite part (:class:`tiledcorr.engine.Lockstep`), so the class code it
+finite part (:class:`tiledcorr.execution.engine.Lockstep`), so the class code it
 combines is one tile's band, never the whole volume: any sink gets exact
-bands (the stored volume, or a fused reduction of :mod:`tiledcorr.reduce`).
+bands (the stored volume, or a fused reduction of :mod:`tiledcorr.reductions`).
 The backward is the same construction for ``grad1 = sum grad_out * input2``
 and ``grad2 = sum grad_out * input1``, for the gradient of a stored volume or
 a fused reduction's gradient source (``grad_out`` may be non-finite too).
@@ -61,11 +61,13 @@ from typing import Callable
 
 import torch
 
-from .engine import CaptureSink, GradSource, Lockstep, Sink, Tile, compute_dtype, iter_tiles
+from ..dtypes import compute_dtype
+from ..geometry import Geometry
+from ..planning.planner import Plan
+from .engine import Lockstep, workspace_elements
 from .engine import run_backward as engine_backward
-from .geometry import Geometry
-from .engine import workspace_elements
-from .planner import Plan
+from .sinks import CaptureSink, GradSource, Sink
+from .tiles import Tile, iter_tiles
 
 #: The 0/1 classes of a value that decide the IEEE class of a product.
 _CLASSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -190,7 +192,7 @@ def _stack_size(plan: Plan, count: int) -> int:
 def _exact_problems(
     x1: torch.Tensor, x2: torch.Tensor, plan: Plan, scale: float, sink: Sink,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], list[Sink]]:
-    """The :class:`~tiledcorr.engine.Lockstep` problems and sinks whose last sink gets exact bands.
+    """The :class:`~tiledcorr.execution.engine.Lockstep` problems and sinks whose last sink gets exact bands.
 
     First the stacked indicator correlations of each kind (marking their bit in
     a tile's code), then the finite part, patched with the code, into ``sink``.
@@ -216,7 +218,7 @@ def _exact_problems(
 
 
 def run_forward(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, sink: Sink, *, scale: float = 1.0) -> None:
-    """:func:`tiledcorr.engine.run_forward` for inputs that may hold NaN or Inf.
+    """:func:`tiledcorr.execution.engine.run_forward` for inputs that may hold NaN or Inf.
 
     Hands ``sink`` the same bands ``(Bt, *J, *U)`` the engine would for finite
     inputs, with each sum's IEEE value over its valid terms only.
@@ -237,7 +239,7 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, plan: Plan, sink: Sink, *, s
 
 
 class _ExactBands:
-    """What a :class:`~tiledcorr.engine.GradSource` may ask of its context, with exact bands.
+    """What a :class:`~tiledcorr.execution.engine.GradSource` may ask of its context, with exact bands.
 
     ``recompute_band`` gives a tile's IEEE-exact forward values (a new
     tensor); its workspace is made on first use and kept until :meth:`release`.
@@ -274,7 +276,7 @@ def run_backward(
     scale: float = 1.0,
     upstream_present: Callable[[str], bool] | None = None,
 ) -> None:
-    """:func:`tiledcorr.engine.run_backward` for values that may be NaN or Inf.
+    """:func:`tiledcorr.execution.engine.run_backward` for values that may be NaN or Inf.
 
     ``grad1 = scale * sum grad_out * x2`` and ``grad2 = scale * sum grad_out * x1``
     over the valid terms, each entry with its IEEE value, where ``grad_out``
@@ -286,7 +288,7 @@ def run_backward(
         plan: the plan (geometry and tiling).
         grad1, grad2: zero-initialised accumulators ``(B, C, *in_size)`` in the
             compute dtype, or ``None``.
-        grad_source: the band gradients, :func:`~tiledcorr.engine.volume_grad`
+        grad_source: the band gradients, :func:`~tiledcorr.execution.engine.volume_grad`
             of a stored volume's gradient or a fused reduction's source.
         scale: the forward's scale (positive).
         upstream_present: whether a class of :data:`_CLASSES` occurs in the

@@ -16,15 +16,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .budget import format_bytes
+from ..budget import format_bytes
 from .demo import DemoConfig, run_demo
-from .errors import ArgumentValueError, DeviceError, TiledCorrError
+from ..errors import ArgumentValueError, DeviceError, TiledCorrError
 from .machine import describe_machine
-from .planner import plan
+from ..ops.plan import plan
 from .plotting import import_pyplot, plot_sweep
 from .profile import PARAM_DEFAULTS, Problem, Result, naive_skip_reason, profile_naive, profile_tiled, runs_per_measurement, sweep
 from .progress import Progress
-from .reduce import REDUCTIONS
+from ..reductions import REDUCTIONS
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
@@ -112,7 +112,7 @@ def _add_problem_options(parser: argparse.ArgumentParser, *, budget_default: Any
 
 
 def _add_reduction_options(parser: argparse.ArgumentParser, verb: str) -> None:
-    parser.add_argument("--reduction", choices=REDUCTIONS,
+    parser.add_argument("--reduction", choices=tuple(REDUCTIONS),
                         help=f"{verb} the fused reduction correlate_reduce() runs instead of the stored cost volume")
     parser.add_argument("--k", type=at_least(1), help="values kept per position by --reduction topk")
 

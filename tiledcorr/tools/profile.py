@@ -18,16 +18,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .budget import format_bytes, free_memory
-from .engine import Tiling
-from .errors import MemoryBudgetError
+from ..budget import format_bytes, free_memory
+from ..planning.tiling import Tiling
+from ..errors import MemoryBudgetError
 from .measure import Measurement, measure
 from .naive import naive_correlate, naive_peak_bytes
-from .planner import Plan, plan
+from ..ops.correlate import correlate
+from ..ops.correlate_reduce import correlate_reduce
+from ..ops.plan import plan
+from ..planning.planner import Plan
+from ..reductions import TopK
 from .progress import Progress
-from .reduce import TopK, correlate_reduce
-from .typing import BudgetLike
-from .volume import correlate
+from ..typing import BudgetLike
 
 #: The correlation parameters and their defaults, as in :func:`tiledcorr.correlate`.
 PARAM_DEFAULTS = {"kernel_size": 1, "patch_size": 1, "stride": 1, "padding": 0, "dilation": 1, "dilation_patch": 1}

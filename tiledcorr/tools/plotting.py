@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .budget import format_bytes
-from .errors import ArgumentValueError
+from ..budget import format_bytes
+from ..errors import ArgumentValueError
 from .profile import SweepRow
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import ShapeError
-from .planner import Plan, make_geometry
-from .typing import IntOrTuple
+from ..errors import ShapeError
+from ..planning.planner import Plan, make_geometry
+from ..typing import IntOrTuple
 
 #: Tensors of the naive tensor's size alive at the forward's peak (windows, product).
 FORWARD_COPIES = 2

@@ -1,0 +1,1 @@
+"""Executes plans: the tile loop, workspace, gather/scatter, sinks, the exact NaN/Inf path and OOM retries."""

@@ -1,0 +1,69 @@
+"""What a strategy needs for one call: the inputs, geometry, workspace and scale, and gather/scatter helpers."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+
+from ..geometry import Geometry
+from .gather import gather, input1_lattice, input2_lattice, scatter_add
+from .sinks import CaptureSink
+from .tiles import Tile
+from .workspace import Workspace
+
+
+class TileContext:
+    """What a strategy needs for one call: inputs, geometry, workspace, scale."""
+
+    def __init__(self, geometry: Geometry, x1: torch.Tensor, x2: torch.Tensor, ws: Workspace, scale: float, strategy: Any) -> None:
+        self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
+        self.strategy = strategy
+        self.offsets = list(itertools.product(*(range(k) for k in geometry.kernel)))
+
+    def recompute_band(self, tile: Tile) -> torch.Tensor:
+        """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
+
+        Uses the forward's workspace buffers, so call it before the backward
+        writes into them.
+        """
+        captured: list[torch.Tensor] = []
+        self.strategy.forward(self, tile, CaptureSink(captured))
+        return captured[0]
+
+    def gather_x1(self, tile: Tile, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale.
+
+        Written into the workspace's ``x1`` buffer, or into ``out`` (any strides).
+        """
+        g = self.geometry
+        buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
+        for k, offset in enumerate(self.offsets):
+            gather(self.x1, buf[:, k], tile, *input1_lattice(g, tile, offset))
+        if self.scale != 1.0:
+            buf.mul_(self.scale)
+        return buf
+
+    def gather_x2(self, tile: Tile, extent) -> torch.Tensor:
+        """``(Bt, kvol, C, *E)`` the dense input2 region the tile reaches."""
+        g = self.geometry
+        buf = self.ws.view("x2", tile.batch, len(self.offsets), g.channels, *extent)
+        for k, offset in enumerate(self.offsets):
+            gather(self.x2, buf[:, k], tile, *input2_lattice(g, tile, offset, extent))
+        return buf
+
+    def scatter_g1(self, grad1: torch.Tensor, tile: Tile, buf: torch.Tensor) -> None:
+        if self.scale != 1.0:
+            buf.mul_(self.scale)
+        for k, offset in enumerate(self.offsets):
+            scatter_add(grad1, buf[:, k], tile, *input1_lattice(self.geometry, tile, offset))
+
+    def scatter_g2(self, grad2: torch.Tensor, tile: Tile, buf: torch.Tensor, extent) -> None:
+        """Add ``buf`` ``(Bt, kvol, C, *E)`` into ``grad2`` over the tile's region.
+
+        No scaling here: ``buf`` is a product with ``X1``, which was gathered scaled.
+        """
+        for k, offset in enumerate(self.offsets):
+            scatter_add(grad2, buf[:, k], tile, *input2_lattice(self.geometry, tile, offset, extent))
+

@@ -1,0 +1,137 @@
+"""Executes a plan: the tile loop, from the registry's strategy to the sink.
+
+One tile is a block of batch items x output positions x displacements (see
+:mod:`tiledcorr.geometry`). For each tile a strategy (:mod:`tiledcorr.strategies`)
+gathers
+
+* ``X1``: input1 at the tile's positions, shape ``(Bt, kvol, C, *U)``, and
+* ``X2``: the dense input2 region the tile reaches, ``(Bt, kvol, C, *E)``,
+
+into the preallocated :class:`~tiledcorr.execution.workspace.Workspace`
+(zeros where the implicit padding lies), computes the tile's band of the cost
+volume, shape ``(Bt, *J, *U)``, and hands it to a sink
+(:mod:`tiledcorr.execution.sinks`): the stored volume, or a fused reduction
+of :mod:`tiledcorr.reductions`. The backward walks the same tiles and
+scatters its products into the gradients. Nothing ever holds more than one
+tile, so the workspace is what the planner predicts, whatever the image and
+patch sizes. A strategy that runs a whole plan itself (a fused kernel) is
+handed the plan instead of tiles.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dtypes import compute_dtype
+from ..geometry import Geometry
+from ..planning import registry
+from ..planning.tiling import TileDims, Tiling, as_sizes
+from .context import TileContext
+from .sinks import GradSource, Sink
+from .tiles import Tile, iter_tiles
+from .workspace import Workspace
+
+
+def workspace_elements(geometry: Geometry, tiling: Tiling, *, backward: bool) -> dict[str, int]:
+    """Elements of each workspace buffer the tiling's strategy allocates (what the planner predicts)."""
+    return as_sizes(registry.get(tiling.strategy).buffers(TileDims.of_tiling(geometry, tiling), backward))
+
+
+def _workspace(x1: torch.Tensor, geometry: Geometry, tiling: Tiling, *, backward: bool) -> Workspace:
+    return Workspace(workspace_elements(geometry, tiling, backward=backward), compute_dtype(x1.dtype), x1.device)
+
+
+def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, sink: Sink, *, scale: float = 1.0) -> None:
+    """Compute every tile of the cost volume and hand it to ``sink``.
+
+    Args:
+        x1, x2: inputs of shape ``(B, C, *in_size)``, any strides.
+        geometry: their shapes and the correlation parameters.
+        tiling: the plan's tiling.
+        sink: receives each band ``(Bt, *J, *U)`` in the compute dtype.
+        scale: multiplies every output value (the normalisation).
+    """
+    strategy = registry.get(tiling.strategy)
+    if strategy.runs_whole_plan:
+        strategy.run_forward(x1, x2, geometry, tiling, sink, scale=scale)
+        return
+    ws = _workspace(x1, geometry, tiling, backward=False)
+    try:
+        ctx = TileContext(geometry, x1, x2, ws, scale, strategy)
+        for tile in iter_tiles(geometry, tiling):
+            strategy.forward(ctx, tile, sink)
+    finally:
+        ws.release()
+
+
+def run_backward(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    geometry: Geometry,
+    tiling: Tiling,
+    grad1: torch.Tensor | None,
+    grad2: torch.Tensor | None,
+    grad_source: GradSource,
+    *,
+    scale: float = 1.0,
+) -> None:
+    """Accumulate the gradients of both inputs, tile by tile, into ``grad1``/``grad2``.
+
+    Args:
+        grad1, grad2: zero-initialised accumulators of shape ``(B, C, *in_size)``
+            in the compute dtype, or ``None`` for a gradient nobody needs.
+        grad_source: the gradient of each tile's band;
+            :func:`~tiledcorr.execution.sinks.volume_grad` for a stored cost
+            volume ``(B, *patch, *out_size)``.
+    """
+    strategy = registry.get(tiling.strategy)
+    if strategy.runs_whole_plan:
+        strategy.run_backward(x1, x2, geometry, tiling, grad1, grad2, grad_source, scale=scale)
+        return
+    ws = _workspace(x1, geometry, tiling, backward=True)
+    try:
+        ctx = TileContext(geometry, x1, x2, ws, scale, strategy)
+        for tile in iter_tiles(geometry, tiling):
+            strategy.backward(ctx, tile, grad_source(ctx, tile), grad1, grad2)
+    finally:
+        ws.release()
+
+
+class Lockstep:
+    """Several problems with one tiling, computed tile by tile in one shared workspace.
+
+    The exact NaN/Inf path (:mod:`tiledcorr.execution.nonfinite`) combines, for each
+    tile, the bands of a few correlations of the same geometry (indicator maps
+    stacked along channels, then the finite part): computing them tile by tile
+    keeps what it combines to one tile's band instead of the whole volume.
+
+    Args:
+        problems: ``(x1, x2, geometry, scale)`` for each correlation; the
+            geometries may differ in channels only (the tiling is shared), and
+            the inputs in dtype (gathering a tile converts them).
+        tiling: the plan's tiling (a per-tile strategy).
+        dtype: the compute dtype of the workspace.
+    """
+
+    def __init__(self, problems: list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], tiling: Tiling,
+                 dtype: torch.dtype) -> None:
+        self.strategy = registry.get(tiling.strategy)
+        sizes: dict[str, int] = {}
+        for _, _, geometry, _ in problems:
+            for name, n in workspace_elements(geometry, tiling, backward=False).items():
+                sizes[name] = max(sizes.get(name, 0), n)
+        self.ws = Workspace(sizes, dtype, problems[0][0].device)
+        self.contexts = [TileContext(g, a, b, self.ws, scale, self.strategy) for a, b, g, scale in problems]
+
+    def forward(self, tile: Tile, sinks: list[Sink]) -> None:
+        """Hand each problem's band of ``tile`` to its sink, in order.
+
+        A band is valid only inside its sink's ``consume``: the next problem
+        reuses the buffers.
+        """
+        for ctx, sink in zip(self.contexts, sinks):
+            self.strategy.forward(ctx, tile, sink)
+
+    def release(self) -> None:
+        """Free the shared workspace."""
+        self.ws.release()

@@ -1,0 +1,79 @@
+"""The stored cost volume's forward and backward: finite inputs through the engine, others through the exact path.
+
+The backward walks the same tiles as the forward and never stores anything
+per tile, so training memory is the inputs, the output and one tile's
+workspace: what gradient checkpointing would give, without its bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..dtypes import compute_dtype
+from ..planning.planner import Plan
+from . import hugepages, nonfinite
+from .engine import run_backward, run_forward
+from .retry import with_oom_retry
+from .sinks import GradSource, OutputSink, volume_grad
+
+
+def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float) -> torch.Tensor:
+    """The cost volume ``(B, *patch, *out_size)`` in ``input1``'s dtype, no autograd."""
+    g = plan.geometry
+    if g.is_empty:
+        return input1.new_zeros(g.out_shape)
+    finite = nonfinite.all_finite(input1, input2)
+
+    def attempt(p: Plan) -> torch.Tensor:
+        out = input1.new_empty(g.out_shape)
+        hugepages.advise(out)
+        if finite:
+            run_forward(input1, input2, g, p.tiling, OutputSink(g, out), scale=scale)
+        else:  # zero padding is not exact for NaN and Inf
+            nonfinite.run_forward(input1, input2, p, OutputSink(g, out), scale=scale)
+        return out
+
+    return with_oom_retry(plan, attempt)
+
+
+def backward_inputs(
+    input1: torch.Tensor, input2: torch.Tensor, grad_source: GradSource | torch.Tensor, plan: Plan, scale: float,
+    need1: bool, need2: bool, *, upstream: torch.Tensor | None = None,
+    upstream_present: Callable[[str], bool] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of both inputs (``None`` where not needed), in the inputs' dtype.
+
+    ``grad_source`` gives each tile's band gradient: the stored volume's
+    gradient ``(B, *patch, *out_size)`` as a tensor, or a fused reduction's
+    own :class:`~tiledcorr.execution.sinks.GradSource` (:mod:`tiledcorr.reductions`), which
+    must pass the gradient it was given as ``upstream`` and may say which value
+    classes its band gradients can hold (``upstream_present``, see
+    :func:`tiledcorr.execution.nonfinite.run_backward`). Where the inputs or that
+    gradient hold NaN or Inf, every entry gets its in-image IEEE value
+    (:mod:`tiledcorr.execution.nonfinite`).
+    """
+    g = plan.geometry
+    acc_dtype = compute_dtype(input1.dtype)
+    present = upstream_present
+    if isinstance(grad_source, torch.Tensor):
+        upstream = grad_source
+        grad_source = volume_grad(upstream)
+        present = nonfinite.Indicators(upstream).present
+    elif upstream is None:
+        raise TypeError("backward_inputs: a gradient source needs the gradient it was made from (upstream=)")
+    ieee = not g.is_empty and not nonfinite.all_finite(input1, input2, upstream)
+
+    def attempt(p: Plan):
+        grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None
+        grad2 = torch.zeros(input2.shape, dtype=acc_dtype, device=input2.device) if need2 else None
+        if ieee:  # zero padding is not exact for NaN and Inf
+            nonfinite.run_backward(input1, input2, p, grad1, grad2, grad_source, scale=scale, upstream_present=present)
+        elif not g.is_empty:
+            run_backward(input1, input2, g, p.tiling, grad1, grad2, grad_source, scale=scale)
+        return grad1, grad2
+
+    grad1, grad2 = with_oom_retry(plan, attempt)
+    cast = lambda t: None if t is None else t.to(input1.dtype)  # noqa: E731
+    return cast(grad1), cast(grad2)

@@ -1,0 +1,160 @@
+"""What every tiledcorr operator shares: the arguments it carries, run-time planning, one autograd registration.
+
+An operator takes only what the dispatcher, the compiler and the exporters
+can carry (tensors, ints, a float, strings):
+
+* the geometry's parameters, one int per spatial dimension (padding may be
+  negative and ``out_limit`` crops the output, for the FlowNet shim);
+* ``scale``, the normalisation factor;
+* ``budget``, the ``memory_budget`` argument encoded by :func:`encode_budget`;
+* ``tiling``, a user's plan's tiling encoded by :func:`encode_tiling`, or
+  ``""`` to plan when the operator runs.
+
+Planning (which reads the free memory and caches plans in Python) happens
+inside the operators, at run time, so eager and compiled code take the same
+path. The forward plans for the forward alone and the backward for the
+backward, each under the budget.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..budget import resolve_budget
+from ..geometry import Geometry
+from ..planning.costs import SinkCost
+from ..planning.planner import Plan, plan_for_tiling, plan_geometry
+from ..planning.tiling import Tiling
+from ..typing import BudgetLike
+
+_PARAMS = ("kernel", "patch", "stride", "padding", "dilation", "dilation_patch")
+
+DOUBLE_BACKWARD_MESSAGE = (
+    "tiledcorr's correlation is differentiable once: its gradient cannot be differentiated "
+    "again (double backward, e.g. a gradient penalty with create_graph=True through the correlation)"
+)
+
+
+def encode_budget(memory_budget: BudgetLike) -> str:
+    """``memory_budget`` as a string an operator can take.
+
+    Only the form is encoded; the value is checked (with the usual error) when
+    the operator resolves it. A form of no accepted type raises here.
+    """
+    if memory_budget is None:
+        return ""
+    if isinstance(memory_budget, str):
+        return f"s:{memory_budget}"
+    if isinstance(memory_budget, float):
+        return f"f:{float(memory_budget)!r}"
+    if not isinstance(memory_budget, (bool, torch.Tensor)):
+        try:
+            return f"i:{operator.index(memory_budget)}"
+        except TypeError:
+            pass
+    resolve_budget(memory_budget)  # raises its error for every other form
+    raise AssertionError("unreachable")
+
+
+def decode_budget(encoded: str) -> BudgetLike:
+    """The ``memory_budget`` that :func:`encode_budget` encoded."""
+    if encoded == "":
+        return None
+    kind, _, text = encoded.partition(":")
+    return {"i": int, "f": float, "s": str}[kind](text)
+
+
+def encode_tiling(tiling: Tiling) -> str:
+    """A plan's tiling as an operator argument: ``"strategy;batch;u1,u2;j1,j2"``."""
+    return ";".join([tiling.strategy, str(tiling.batch_tile), ",".join(map(str, tiling.tile)),
+                     ",".join(map(str, tiling.disp_tile))])
+
+
+def decode_tiling(encoded: str) -> Tiling:
+    """The tiling :func:`encode_tiling` encoded."""
+    strategy, batch, tile, disp = encoded.split(";")
+    return Tiling(strategy, int(batch), tuple(int(v) for v in tile.split(",")), tuple(int(v) for v in disp.split(",")))
+
+
+def geometry_of(
+    shape: Sequence[int], kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int],
+) -> Geometry:
+    """The :class:`Geometry` of inputs of ``shape`` and already validated parameters."""
+    return Geometry(
+        batch=int(shape[0]), channels=int(shape[1]), in_size=tuple(int(n) for n in shape[2:]),
+        kernel=tuple(kernel), patch=tuple(patch), stride=tuple(stride), padding=tuple(padding),
+        dilation=tuple(dilation), dilation_patch=tuple(dilation_patch),
+        out_limit=tuple(out_limit) if out_limit else None,
+    )
+
+
+def geometry_args(geometry: Geometry) -> tuple[list[int], ...]:
+    """The operators' geometry arguments: the six parameters and ``out_limit`` (empty for none)."""
+    return (*(list(getattr(geometry, name)) for name in _PARAMS), list(geometry.out_limit or ()))
+
+
+def operator_args(plan: Plan | None, memory_budget: BudgetLike) -> tuple[str, str]:
+    """``(budget, tiling)`` operator arguments: a user's plan's, or the budget to plan for at run time."""
+    if plan is None:
+        return encode_budget(memory_budget), ""
+    return f"i:{plan.budget_bytes}", encode_tiling(plan.tiling)
+
+
+def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, requires_grad: bool,
+                     sink_cost: SinkCost | None = None) -> Plan:
+    """The plan an operator runs: a user's tiling (every field checked), or the planner's for the budget."""
+    if tiling:
+        return plan_for_tiling(geometry, decode_tiling(tiling), dtype=input1.dtype, device_type=input1.device.type,
+                               budget_bytes=int(decode_budget(budget)), requires_grad=requires_grad, sink_cost=sink_cost)
+    return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=decode_budget(budget),
+                         requires_grad=requires_grad, sink_cost=sink_cost)
+
+
+def input_grads_or_empty(input1: torch.Tensor, input2: torch.Tensor, grad1: torch.Tensor | None,
+                         grad2: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A backward operator's results: an empty tensor stands for a gradient that is not needed."""
+    return (input1.new_empty(0) if grad1 is None else grad1), (input2.new_empty(0) if grad2 is None else grad2)
+
+
+def input_grads_fake(input1: torch.Tensor, input2: torch.Tensor, need1: bool, need2: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fake (meta) results of a backward operator: the inputs' shapes, or empty where not needed."""
+    return input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,))
+
+
+def register_backward(op: Any, backward_op: Any, *, save_results: bool) -> None:
+    """Make ``op(input1, input2, *args)`` differentiable once in its inputs through ``backward_op``.
+
+    ``backward_op(grad, input1, input2, *results, *args, need1, need2)`` gets
+    the gradient of ``op``'s (first) result; with ``save_results`` also every
+    result ``op`` returned (the reductions' indices or softmax statistics).
+    Differentiating ``backward_op`` itself (a double backward) raises
+    :data:`DOUBLE_BACKWARD_MESSAGE`: without that, its results would silently
+    not require grad, and the user would meet torch's "does not require grad"
+    far from the cause.
+    """
+
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        input1, input2, *args = inputs
+        ctx.save_for_backward(input1, input2, *(output if save_results else ()))
+        ctx.args = args
+
+    def differentiate(ctx: Any, grad: torch.Tensor, *_other_grads: Any) -> tuple:
+        input1, input2, *results = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[:2]
+        grad1, grad2 = backward_op(grad, input1, input2, *results, *ctx.args, need1, need2)
+        return (grad1 if need1 else None, grad2 if need2 else None) + (None,) * len(ctx.args)
+
+    op.register_autograd(differentiate, setup_context=setup_context)
+    backward_op.register_autograd(_refuse_double_backward, setup_context=_no_context)
+
+
+def _no_context(ctx: Any, inputs: tuple, output: Any) -> None:
+    pass
+
+
+def _refuse_double_backward(ctx: Any, *grads: Any) -> tuple:
+    raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)
