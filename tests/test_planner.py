@@ -222,3 +222,28 @@ def test_narrow_row_tiles_remain_for_tight_budgets():
         tiledcorr.plan(shape, memory_budget=1, **kw)
     p = tiledcorr.plan(shape, memory_budget=info.value.minimum_bytes, **kw)
     assert p.strategy == "row_matmul" and p.tiling.tile[-1] < 16
+
+
+def test_refusing_strategies_are_ranked_out_and_their_reasons_listed(monkeypatch):
+    """The planner ranks only what accepts the problem; forcing a refusing strategy names its reason."""
+    from tiledcorr.planning import registry
+
+    refusals = {"row_matmul": "not today", "shift": "nor this one"}
+    for name, reason in refusals.items():
+        monkeypatch.setattr(type(registry.get(name)), "refusal", lambda self, g, d, t, reason=reason: reason)
+    planner._cached_plan.cache_clear()
+    try:
+        assert tiledcorr.plan((1, 4, 9, 9), patch_size=5).strategy == "tile_matmul"
+        with pytest.raises(tiledcorr.ArgumentValueError, match="row_matmul: not today"):
+            tiledcorr.plan((1, 4, 9, 9), patch_size=5, strategy="row_matmul")
+        monkeypatch.setattr(type(registry.get("tile_matmul")), "refusal", lambda self, g, d, t: "no")
+        planner._cached_plan.cache_clear()
+        with pytest.raises(tiledcorr.ArgumentValueError, match="tile_matmul: no.*row_matmul: not today|row_matmul.*tile_matmul"):
+            tiledcorr.plan((1, 4, 9, 9), patch_size=5)
+    finally:
+        planner._cached_plan.cache_clear()
+
+
+def test_unknown_strategy_lists_the_registry():
+    with pytest.raises(tiledcorr.ArgumentValueError, match=r"strategy must be one of \['row_matmul', 'shift', 'tile_matmul'\]"):
+        tiledcorr.plan((1, 4, 9, 9), patch_size=5, strategy="fast")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any
 
 import psutil
@@ -31,18 +32,30 @@ ACCEPTED_FORMS = (
 ).format(DEFAULT_FRACTION)
 
 
+#: Seconds a reading of the CPU's available memory is reused: reading it (psutil parses
+#: /proc/meminfo) cost more than the rest of a small call's planning.
+CPU_READING_TTL = 0.05
+
+_cpu_reading = (-math.inf, 0)
+
+
 def free_memory(device: torch.device | str) -> int:
     """Bytes that tiledcorr could allocate now on ``device``.
 
     On CUDA: the driver's free memory plus what torch's caching allocator holds
-    reserved but unused. On CPU: psutil's available system memory.
+    reserved but unused. On CPU: psutil's available system memory, read at
+    most every :data:`CPU_READING_TTL` seconds.
     """
+    global _cpu_reading
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(free + cached)
-    return int(psutil.virtual_memory().available)
+    now = time.monotonic()
+    if now - _cpu_reading[0] > CPU_READING_TTL:
+        _cpu_reading = (now, int(psutil.virtual_memory().available))
+    return _cpu_reading[1]
 
 
 def resolve_budget(memory_budget: Any, device: torch.device | str = "cpu") -> int:

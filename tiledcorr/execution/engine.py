@@ -20,6 +20,8 @@ handed the plan instead of tiles.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..dtypes import compute_dtype
@@ -34,7 +36,13 @@ from .workspace import Workspace
 
 def workspace_elements(geometry: Geometry, tiling: Tiling, *, backward: bool) -> dict[str, int]:
     """Elements of each workspace buffer the tiling's strategy allocates (what the planner predicts)."""
-    return as_sizes(registry.get(tiling.strategy).buffers(TileDims.of_tiling(geometry, tiling), backward))
+    return dict(_workspace_elements(geometry, tiling, backward))
+
+
+@functools.lru_cache(maxsize=1024)
+def _workspace_elements(geometry: Geometry, tiling: Tiling, backward: bool) -> tuple[tuple[str, int], ...]:
+    # Cached: the strategies' formulas run on numpy rows, costly for one small call.
+    return tuple(as_sizes(registry.get(tiling.strategy).buffers(TileDims.of_tiling(geometry, tiling), backward)).items())
 
 
 def _workspace(x1: torch.Tensor, geometry: Geometry, tiling: Tiling, *, backward: bool) -> Workspace:

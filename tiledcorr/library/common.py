@@ -26,7 +26,7 @@ import torch
 from ..budget import resolve_budget
 from ..geometry import Geometry
 from ..planning.costs import SinkCost
-from ..planning.planner import Plan, plan_for_tiling, plan_geometry
+from ..planning.planner import Plan, plan_for_tiling, plan_geometry, quantized_budget
 from ..planning.tiling import Tiling
 from ..typing import BudgetLike
 
@@ -104,14 +104,35 @@ def operator_args(plan: Plan | None, memory_budget: BudgetLike) -> tuple[str, st
     return f"i:{plan.budget_bytes}", encode_tiling(plan.tiling)
 
 
+#: Plans by operator arguments: a repeated call's planning is one dictionary lookup.
+_RUN_TIME_PLANS: dict[tuple, Plan] = {}
+_RUN_TIME_PLANS_MAX = 1024
+
+
 def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, requires_grad: bool,
                      sink_cost: SinkCost | None = None) -> Plan:
-    """The plan an operator runs: a user's tiling (every field checked), or the planner's for the budget."""
-    if tiling:
-        return plan_for_tiling(geometry, decode_tiling(tiling), dtype=input1.dtype, device_type=input1.device.type,
-                               budget_bytes=int(decode_budget(budget)), requires_grad=requires_grad, sink_cost=sink_cost)
-    return plan_geometry(geometry, dtype=input1.dtype, device=input1.device, memory_budget=decode_budget(budget),
-                         requires_grad=requires_grad, sink_cost=sink_cost)
+    """The plan an operator runs: a user's tiling (every field checked), or the planner's for the budget.
+
+    A budget that follows the free memory (``None`` or a fraction) is part of
+    the key as the planner quantises it, so the lookup still follows it.
+    """
+    device = input1.device
+    follows_free_memory = budget == "" or budget.startswith("f:")
+    resolved = quantized_budget(decode_budget(budget), device) if follows_free_memory and not tiling else budget
+    key = (geometry, input1.dtype, device, resolved, tiling, requires_grad, sink_cost)
+    plan = _RUN_TIME_PLANS.get(key)
+    if plan is None:
+        if tiling:
+            plan = plan_for_tiling(geometry, decode_tiling(tiling), dtype=input1.dtype, device_type=device.type,
+                                   budget_bytes=int(decode_budget(budget)), requires_grad=requires_grad,
+                                   sink_cost=sink_cost)
+        else:
+            plan = plan_geometry(geometry, dtype=input1.dtype, device=device, memory_budget=decode_budget(budget),
+                                 requires_grad=requires_grad, sink_cost=sink_cost)
+        if len(_RUN_TIME_PLANS) >= _RUN_TIME_PLANS_MAX:
+            _RUN_TIME_PLANS.clear()
+        _RUN_TIME_PLANS[key] = plan
+    return plan
 
 
 def input_grads_or_empty(input1: torch.Tensor, input2: torch.Tensor, grad1: torch.Tensor | None,
@@ -131,10 +152,9 @@ def register_backward(op: Any, backward_op: Any, *, save_results: bool) -> None:
     ``backward_op(grad, input1, input2, *results, *args, need1, need2)`` gets
     the gradient of ``op``'s (first) result; with ``save_results`` also every
     result ``op`` returned (the reductions' indices or softmax statistics).
-    Differentiating ``backward_op`` itself (a double backward) raises
-    :data:`DOUBLE_BACKWARD_MESSAGE`: without that, its results would silently
-    not require grad, and the user would meet torch's "does not require grad"
-    far from the cause.
+    Differentiating the gradients again (a double backward) raises
+    :data:`DOUBLE_BACKWARD_MESSAGE` from a hook on them: without it the user
+    would meet torch's "no autograd formula was registered" instead.
     """
 
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
@@ -145,16 +165,15 @@ def register_backward(op: Any, backward_op: Any, *, save_results: bool) -> None:
     def differentiate(ctx: Any, grad: torch.Tensor, *_other_grads: Any) -> tuple:
         input1, input2, *results = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[:2]
-        grad1, grad2 = backward_op(grad, input1, input2, *results, *ctx.args, need1, need2)
-        return (grad1 if need1 else None, grad2 if need2 else None) + (None,) * len(ctx.args)
+        grads = backward_op(grad, input1, input2, *results, *ctx.args, need1, need2)
+        if torch.is_grad_enabled():  # create_graph=True: the gradients could be differentiated again
+            for g in grads:
+                if g.requires_grad:
+                    g.register_hook(_refuse_double_backward)
+        return (grads[0] if need1 else None, grads[1] if need2 else None) + (None,) * len(ctx.args)
 
     op.register_autograd(differentiate, setup_context=setup_context)
-    backward_op.register_autograd(_refuse_double_backward, setup_context=_no_context)
 
 
-def _no_context(ctx: Any, inputs: tuple, output: Any) -> None:
-    pass
-
-
-def _refuse_double_backward(ctx: Any, *grads: Any) -> tuple:
+def _refuse_double_backward(grad: torch.Tensor) -> None:
     raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)

@@ -208,13 +208,13 @@ def plan_geometry(
     dtype = checks.check_dtype("dtype", dtype)
     device = checks.check_device("device", device)
     requires_grad = checks.check_bool("requires_grad", requires_grad)
-    budget = _quantized_budget(memory_budget, device)
+    budget = quantized_budget(memory_budget, device)
     if strategy is not None:
         registry.get(strategy)  # an unknown name lists the valid ones
     return _cached_plan(geometry, dtype, device.type, budget, bool(requires_grad), strategy, sink_cost or SinkCost())
 
 
-def _quantized_budget(memory_budget: Any, device: torch.device) -> int:
+def quantized_budget(memory_budget: Any, device: torch.device) -> int:
     """Resolve the budget; derived budgets are rounded down to 1/8 of a power of two.
 
     Free memory changes between calls; rounding keeps the plan cache effective.
