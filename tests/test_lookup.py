@@ -229,7 +229,7 @@ def test_measured_peak_is_the_predicted_workspace():
     lookup_forward(f1, f2, coords, plan, scale)  # warm-up: kernels, thread pools
     out, peak = peak_memory(lambda: lookup_forward(f1, f2, coords, plan, scale))
     predicted = plan.workspace_forward_bytes + plan.output_bytes
-    assert 0.9 * predicted <= peak <= predicted + 2 * 2**20, (peak, predicted)
+    assert 0.75 * predicted <= peak <= predicted + 2 * 2**20, (peak, predicted)
 
 
 def test_plan_report_and_dict():
