@@ -21,6 +21,11 @@ Conventions:
       divided by ``k * k * C``, output ``(B, D*D, oH, oW)``, dy-major.
     * :func:`corrtorch_reference` -- the ``CorrTorch`` pure-PyTorch port: mean
       over channels (= FlowNet2 with ``k=1``), output ``(B, (2md+1)**2, H, W)``.
+    * :func:`raft_corr_block_reference` -- RAFT's ``CorrBlock`` (section 5):
+      the all-pairs volume divided by ``sqrt(C)``, its pooled pyramid, a
+      bilinear look-up around ``coords``; output ``(B, L*(2r+1)**2, H, W)``.
+      Unlike the others it computes in the input dtype, as RAFT does, and
+      casts the result to float32 (``.float()``) unless it is float64.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["correlate_reference", "flownet_reference", "corrtorch_reference"]
+__all__ = ["correlate_reference", "flownet_reference", "corrtorch_reference", "raft_corr_block_reference"]
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -293,3 +298,74 @@ def corrtorch_reference(
             shifted = x2[:, :, dy : dy + height, dx : dx + width]
             planes.append((x1 * shifted).mean(dim=1))
     return torch.stack(planes, dim=1)
+
+
+def raft_corr_block_reference(
+    fmap1: torch.Tensor,
+    fmap2: torch.Tensor,
+    coords: torch.Tensor,
+    num_levels: int = 4,
+    radius: int = 4,
+) -> torch.Tensor:
+    """RAFT's ``CorrBlock(fmap1, fmap2, num_levels, radius)(coords)``, the all-pairs way.
+
+    A transcription of princeton-vl/RAFT ``core/corr.py`` (semantics.md section 5):
+
+    * the all-pairs volume ``corr[b, h, w, y, x] = sum_c fmap1[b, c, h, w] *
+      fmap2[b, c, y, x] / sqrt(C)``, viewed as ``B*H*W`` images of size (H, W);
+    * a pyramid of ``num_levels`` levels, each ``avg_pool2d(previous, 2, stride=2)``;
+    * at level ``i``, window point ``(a, b)`` (``0 <= a, b <= 2r``) is sampled at
+      ``(x, y) = (coords_x / 2**i + a - r, coords_y / 2**i + b - r)`` with
+      ``grid_sample(align_corners=True)`` (zeros outside); the FIRST window
+      index moves x (RAFT adds ``stack(meshgrid(dy, dx))`` to ``(x, y)``) and
+      the channel is ``a*(2r+1) + b``;
+    * the levels concatenated along channels, contiguous, ``.float()``.
+
+    It builds ``B * (H*W)**2`` numbers: tiny inputs only (tests, profiling).
+    Like RAFT, a level of height or width 1 divides by zero in the coordinate
+    normalisation (NaN), and a level of size 0 makes ``avg_pool2d`` raise.
+
+    Args:
+        fmap1: ``(B, C, H, W)``, floating.
+        fmap2: same shape and dtype as ``fmap1``.
+        coords: ``(B, 2, H, W)`` pixel positions in fmap2, channel 0 = x, 1 = y.
+        num_levels: pyramid levels, >= 1.
+        radius: window radius ``r`` >= 0.
+
+    Returns:
+        ``(B, num_levels*(2r+1)**2, H, W)``: float64 for float64 input, else
+        float32 (computed in the input dtype, then cast, as RAFT does).
+    """
+    _check_pair(fmap1, fmap2, (4,))
+    (levels,) = _ints("num_levels", num_levels, 1, 1)
+    (r,) = _ints("radius", radius, 1, 0)
+    batch, dim, ht, wd = fmap1.shape
+    if tuple(coords.shape) != (batch, 2, ht, wd):
+        raise ValueError(f"coords must have shape {(batch, 2, ht, wd)}, got {tuple(coords.shape)}")
+
+    # CorrBlock.corr: (B, H, W, 1, H, W), divided by sqrt(C)
+    corr = torch.matmul(fmap1.reshape(batch, dim, ht * wd).transpose(1, 2), fmap2.reshape(batch, dim, ht * wd))
+    corr = corr.view(batch, ht, wd, 1, ht, wd) / math.sqrt(dim)
+    corr = corr.reshape(batch * ht * wd, 1, ht, wd)
+    pyramid = [corr]
+    for _ in range(levels - 1):
+        corr = F.avg_pool2d(corr, 2, stride=2)
+        pyramid.append(corr)
+
+    # CorrBlock.__call__
+    xy = coords.permute(0, 2, 3, 1).to(corr.dtype)  # (B, H, W, 2)
+    d = torch.linspace(-r, r, 2 * r + 1, dtype=corr.dtype, device=corr.device)
+    dy, dx = d, d
+    delta = torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1)  # (2r+1, 2r+1, 2): delta[a, b] = (d[a], d[b])
+    out_pyramid = []
+    for i, level in enumerate(pyramid):
+        centroid = xy.reshape(batch * ht * wd, 1, 1, 2) / 2**i
+        grid = centroid + delta.view(1, 2 * r + 1, 2 * r + 1, 2)  # [..., 0] = x + d[a], [..., 1] = y + d[b]
+        # bilinear_sampler: normalise pixel coordinates to [-1, 1] for align_corners=True
+        h, w = level.shape[-2:]
+        xgrid, ygrid = grid.split([1, 1], dim=-1)
+        grid = torch.cat([2 * xgrid / (w - 1) - 1, 2 * ygrid / (h - 1) - 1], dim=-1)
+        sampled = F.grid_sample(level, grid, align_corners=True)  # (B*H*W, 1, 2r+1, 2r+1)
+        out_pyramid.append(sampled.view(batch, ht, wd, -1))
+    out = torch.cat(out_pyramid, dim=-1).permute(0, 3, 1, 2).contiguous()
+    return out if out.dtype == torch.float64 else out.float()
