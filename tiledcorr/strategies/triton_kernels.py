@@ -49,7 +49,6 @@ int32 (batch and displacement offsets are int64); ``sW / gcd(sW, dpW) <= 17``
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -150,7 +149,8 @@ def _max_lattice_step() -> int:
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether this module's kernels run in the Triton interpreter (decided when ``triton.jit`` ran)."""
+    return _INTERPRETED
 
 
 def supports(
@@ -252,7 +252,7 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _launch(x1: torch.Tensor, patch, stride, padding, dilation_patch) -> _Launch:
+def _launch(x1: torch.Tensor, patch, stride, padding, dilation_patch, config: BlockConfig | None = None) -> _Launch:
     B, C, H, W = x1.shape
     PH, PW = _pair("patch", patch)
     sH, sW = _pair("stride", stride)
@@ -267,8 +267,10 @@ def _launch(x1: torch.Tensor, patch, stride, padding, dilation_patch) -> _Launch
         )
     g = math.gcd(sW, dpW)
     t, m = dpW // g, sW // g
-    cfg = choose_config(PW, sW, dpW)
+    cfg = choose_config(PW, sW, dpW) if config is None else config
     bp = cfg.displacements_per_block(PW, m)
+    if bp < 1:
+        raise ValueError(f"config {config} cannot hold lattice step {m} (stride {sW}, dilation_patch {dpW})")
     per_residue = -(-oW // t)
     n_wb = t * -(-per_residue // cfg.bw)
     return _Launch(B, C, H, W, oH, oW, PH, PW, sH, sW, pH, pW, dpH, dpW, t, m, n_wb, -(-PW // bp), bp, cfg,
@@ -293,6 +295,24 @@ def _check_buffer(name: str, buf: torch.Tensor | None, shape: tuple[int, ...]) -
 
 
 # --------------------------------------------------------------------------- device helpers
+
+
+# Row reductions through tl.reduce with the standard library's own combine
+# functions, not tl.max / tl.sum / tl.zeros: those are @triton.jit functions of
+# triton's standard library, interpretable only if TRITON_INTERPRET=1 was set
+# before triton was first imported, whereas tl.reduce is a builtin (see
+# tests/triton_support.py). The interpreter recognises these two combine
+# functions and reduces with numpy; compiled, this is exactly tl.max / tl.sum.
+
+
+@triton.jit
+def _row_max(x):
+    return tl.reduce(x, 1, tl.standard._elementwise_max)
+
+
+@triton.jit
+def _row_sum(x):
+    return tl.reduce(x, 1, tl.standard._sum_combine)
 
 
 @triton.jit
@@ -338,7 +358,7 @@ def _correlate_band(x1b, x2b, sxc, sxh, sxw, C, y, x1c, x1ok, y2, col2, regok,
                     BW: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr,
                     PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """``Y = X1^T X2`` over all channels, ``[BW, BR]`` fp32 (zeros where a term is out of the image)."""
-    acc = tl.zeros((BW, BR), dtype=tl.float32)
+    acc = tl.full((BW, BR), 0.0, tl.float32)
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
         cm = c < C
@@ -497,7 +517,7 @@ def _select_fwd_kernel(x1, x2, values, index, sx0, sxc, sxh, sxw,
             cand = tl.where(band, _ordered_key(acc * scale, ph * PW + pw), _NO_KEY)
             merged = tl.full((BW, KP), _NO_KEY, tl.int64)
             for s in range(K):
-                best = tl.maximum(tl.max(cand, axis=1), tl.max(top, axis=1))[:, None]
+                best = tl.maximum(_row_max(cand), _row_max(top))[:, None]
                 merged = tl.where(col == s, best, merged)
                 cand = tl.where(cand == best, _NO_KEY, cand)
                 top = tl.where(top == best, _NO_KEY, top)
@@ -520,9 +540,9 @@ def _softargmax_fwd_kernel(x1, x2, E, mx, zn, sx0, sxc, sxh, sxw,
     h = pid // n_wb
     b = tl.program_id(1).to(tl.int64)
     run_m = tl.full((BW,), float("-inf"), tl.float32)
-    run_z = tl.zeros((BW,), tl.float32)
-    run_y = tl.zeros((BW,), tl.float32)
-    run_x = tl.zeros((BW,), tl.float32)
+    run_z = tl.full((BW,), 0.0, tl.float32)
+    run_y = tl.full((BW,), 0.0, tl.float32)
+    run_x = tl.full((BW,), 0.0, tl.float32)
     for ph in range(PH):
         dy = ((ph - (PH - 1) // 2) * dpH).to(tl.float32)
         for pb in range(n_pb):
@@ -532,14 +552,14 @@ def _softargmax_fwd_kernel(x1, x2, E, mx, zn, sx0, sxc, sxh, sxw,
                                   BW, BR, BC, PRECISION, UPCAST)
             # Every row has BP >= 1 band entries, so new_m is finite from the first block on.
             logits = tl.where(band, acc * (scale * inv_t), float("-inf"))
-            new_m = tl.maximum(run_m, tl.max(logits, axis=1))
+            new_m = tl.maximum(run_m, _row_max(logits))
             alpha = tl.exp(run_m - new_m)
             e = tl.exp(logits - new_m[:, None])
             dx = ((pw - (PW - 1) // 2) * dpW).to(tl.float32)
-            ez = tl.sum(e, axis=1)
+            ez = _row_sum(e)
             run_z = run_z * alpha + ez
             run_y = run_y * alpha + ez * dy
-            run_x = run_x * alpha + tl.sum(e * dx, axis=1)
+            run_x = run_x * alpha + _row_sum(e * dx)
             run_m = new_m
     w = (wb % t) + t * ((wb // t) * BW + tl.arange(0, BW))
     ok = w < oW
@@ -574,7 +594,7 @@ def _select_bwd_kernel(grad, index, x1, x2, g1, g2, sx0, sxc, sxh, sxw,
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
         cm = c < C
-        acc = tl.zeros((BC, BW), tl.float32)
+        acc = tl.full((BC, BW), 0.0, tl.float32)
         if HAS_G2:
             a = tl.load(x1b + c[:, None] * sxc + y * sxh + x1c[None, :] * sxw,
                         mask=cm[:, None] & x1ok[None, :], other=0.0).to(tl.float32)
@@ -597,11 +617,15 @@ def _select_bwd_kernel(grad, index, x1, x2, g1, g2, sx0, sxc, sxh, sxw,
             tl.store(ptr, tl.load(ptr, mask=own, other=0.0) + acc * scale, mask=own)
 
 
+#: ``triton.jit`` returns interpreted kernels when ``TRITON_INTERPRET=1`` at import.
+_INTERPRETED = type(_volume_fwd_kernel).__name__ == "InterpretedFunction"
+
+
 # --------------------------------------------------------------------------- host API
 
 
 def volume_forward(x1: torch.Tensor, x2: torch.Tensor, out: torch.Tensor, *, patch, stride, padding,
-                   dilation_patch, scale: float) -> None:
+                   dilation_patch, scale: float, config: BlockConfig | None = None) -> None:
     """Write ``scale`` times the cost volume into ``out``.
 
     Args:
@@ -609,9 +633,10 @@ def volume_forward(x1: torch.Tensor, x2: torch.Tensor, out: torch.Tensor, *, pat
         out: ``(B, PH, PW, oH, oW)`` in the input dtype, any strides.
         patch, stride, padding, dilation_patch: ints or ``(h, w)`` pairs.
         scale: multiplies every sum (1 for the sampler, 1/C for FlowNet-like normalisation).
+        config: a block shape of :data:`BLOCK_CONFIGS` instead of :func:`choose_config`'s (tests).
     """
     x1, x2 = _same_layout(x1, x2)
-    L = _launch(x1, patch, stride, padding, dilation_patch)
+    L = _launch(x1, patch, stride, padding, dilation_patch, config)
     expected = (L.B, L.PH, L.PW, L.oH, L.oW)
     if tuple(out.shape) != expected or out.dtype != x1.dtype:
         raise ValueError(f"out must be {x1.dtype} of shape {expected}, got {out.dtype} {tuple(out.shape)}")
@@ -626,7 +651,8 @@ def volume_forward(x1: torch.Tensor, x2: torch.Tensor, out: torch.Tensor, *, pat
 
 
 def volume_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, grad1: torch.Tensor | None,
-                    grad2: torch.Tensor | None, *, patch, stride, padding, dilation_patch, scale: float) -> None:
+                    grad2: torch.Tensor | None, *, patch, stride, padding, dilation_patch, scale: float,
+                    config: BlockConfig | None = None) -> None:
     """Add the input gradients of :func:`volume_forward` to ``grad1``/``grad2``.
 
     Args:
@@ -635,12 +661,12 @@ def volume_backward(grad_out: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, 
         x1, x2: the forward's inputs.
         grad1, grad2: contiguous float32 ``(B, C, H, W)`` accumulators, or ``None``.
     """
-    _dense_backward(grad_out, x1, x2, grad1, grad2, patch, stride, padding, dilation_patch, scale, soft=None)
+    _dense_backward(grad_out, x1, x2, grad1, grad2, patch, stride, padding, dilation_patch, scale, None, config)
 
 
-def _dense_backward(gout, x1, x2, grad1, grad2, patch, stride, padding, dilation_patch, scale, soft) -> None:
+def _dense_backward(gout, x1, x2, grad1, grad2, patch, stride, padding, dilation_patch, scale, soft, config) -> None:
     x1, x2 = _same_layout(x1, x2)
-    L = _launch(x1, patch, stride, padding, dilation_patch)
+    L = _launch(x1, patch, stride, padding, dilation_patch, config)
     for name, buf in (("grad1", grad1), ("grad2", grad2)):
         _check_buffer(name, buf, tuple(x1.shape))
     if (grad1 is None and grad2 is None) or x1.numel() == 0 or L.oH * L.oW == 0:
@@ -660,7 +686,8 @@ def _dense_backward(gout, x1, x2, grad1, grad2, patch, stride, padding, dilation
 
 
 def reduce_forward(x1: torch.Tensor, x2: torch.Tensor, *, reduction: str, k: int | None, temperature: float,
-                   patch, stride, padding, dilation_patch, scale: float) -> tuple[torch.Tensor, ...]:
+                   patch, stride, padding, dilation_patch, scale: float,
+                   config: BlockConfig | None = None) -> tuple[torch.Tensor, ...]:
     """A fused reduction over displacements of ``scale`` times the volume; the volume is never stored.
 
     Returns:
@@ -675,7 +702,7 @@ def reduce_forward(x1: torch.Tensor, x2: torch.Tensor, *, reduction: str, k: int
     if reason is not None:
         raise ValueError(f"the Triton kernels do not fuse {reason}")
     x1, x2 = _same_layout(x1, x2)
-    L = _launch(x1, patch, stride, padding, dilation_patch)
+    L = _launch(x1, patch, stride, padding, dilation_patch, config)
     dev = x1.device
     grid = (L.oH * L.n_wb, L.B)
     common = (*x1.stride(), *L.geometry_args(), float(scale))
@@ -715,7 +742,8 @@ def _soft_argmax_of_zeros(L: _Launch, E, mx, zn, temperature, scale) -> None:
 
 def reduce_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, results: Sequence[torch.Tensor],
                     grad1: torch.Tensor | None, grad2: torch.Tensor | None, *, reduction: str, k: int | None,
-                    temperature: float, patch, stride, padding, dilation_patch, scale: float) -> None:
+                    temperature: float, patch, stride, padding, dilation_patch, scale: float,
+                    config: BlockConfig | None = None) -> None:
     """Add the input gradients of a fused reduction to ``grad1``/``grad2`` (contiguous fp32, or None).
 
     Args:
@@ -730,10 +758,10 @@ def reduce_backward(grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, resu
     if reduction == "softargmax":
         E, mx, zn = (r.contiguous() for r in results)
         _dense_backward(grad, x1, x2, grad1, grad2, patch, stride, padding, dilation_patch, scale,
-                        soft=(E, mx, zn, temperature))
+                        (E, mx, zn, temperature), config)
         return
     x1, x2 = _same_layout(x1, x2)
-    L = _launch(x1, patch, stride, padding, dilation_patch)
+    L = _launch(x1, patch, stride, padding, dilation_patch, config)
     for name, buf in (("grad1", grad1), ("grad2", grad2)):
         _check_buffer(name, buf, tuple(x1.shape))
     index = results[1].contiguous()
