@@ -211,8 +211,11 @@ def test_supports_and_refusals():
     assert tk.supports(device=cuda, ndim=2, kernel=(3, 3), dtype=torch.float32) == "kernel_size > 1"
     assert tk.supports(device=cuda, ndim=2, kernel=(1, 1), dtype=torch.float64) == "float64"
     assert tk.supports(device=cuda, ndim=3, kernel=(1, 1, 1), dtype=torch.float32) == "3-D volumes"
-    assert tk.supports(device=cuda, stride=(1, 18), dilation_patch=(1, 1), **kw) is not None
-    assert tk.supports(device=cuda, stride=(1, 18), dilation_patch=(1, 2), **kw) is None  # m = 9
+    assert tk.supports(device=cuda, stride=(1, 9), dilation_patch=(1, 1), **kw) is not None  # m = 9
+    assert tk.supports(device=cuda, stride=(1, 18), dilation_patch=(1, 2), **kw) is not None
+    assert tk.supports(device=cuda, stride=(1, 16), dilation_patch=(1, 2), **kw) is None  # m = 8
+    with pytest.raises(ValueError, match="lattice step"):
+        tk.choose_config(3, 9, 1)
     for reduction in ("max", "argmax", "topk", "softargmax"):
         assert tk.reduction_supported(reduction) is None
     assert tk.reduction_supported("mean") is not None
@@ -226,7 +229,7 @@ def test_compiled_kernels_refuse_cpu_tensors():
 
 
 @pytest.mark.parametrize("patch_w", [1, 2, 5, 9, 21, 41, 81, 201])
-@pytest.mark.parametrize("stride_w, dilation_w", [(1, 1), (1, 2), (2, 1), (2, 4), (3, 2), (4, 1), (8, 1), (17, 1)])
+@pytest.mark.parametrize("stride_w, dilation_w", [(1, 1), (1, 2), (2, 1), (2, 4), (3, 2), (4, 1), (8, 1), (16, 2)])
 def test_block_choice_fits_and_is_shipped(patch_w, stride_w, dilation_w):
     cfg = tk.choose_config(patch_w, stride_w, dilation_w)
     assert cfg in tk.BLOCK_CONFIGS
