@@ -5,7 +5,7 @@ high-water mark and the allocator start clean):
 
 1. **Budget check.** The look-up of ``(1, 256, 136, 240)`` float32 feature
    maps (1080p images at 1/8 resolution), 4 levels, radius 4, under a 256 MiB
-   budget: the measured peak (:func:`tiledcorr.measure.peak_memory`, RSS
+   budget: the measured peak (:func:`tiledcorr.tools.measure.peak_memory`, RSS
    high-water mark above the level before the call, so the inputs and coords
    are excluded) minus the result (the forward's output, the backward's two
    gradients), against the plan's predicted workspace and 1.1 x the budget;
@@ -55,7 +55,7 @@ def _inputs(shape, requires_grad=False):
 
 def _child(kind: str, shape: tuple[int, ...], budget: str, levels: int, radius: int, repeat: int) -> dict:
     """One measurement, in this (fresh) process."""
-    from tiledcorr.measure import measure, peak_memory  # first: it tunes malloc before the inputs exist
+    from tiledcorr.tools.measure import measure, peak_memory  # first: it tunes malloc before the inputs exist
 
     import torch
 
@@ -121,7 +121,7 @@ def main() -> None:
         return
 
     from tiledcorr.budget import format_bytes, resolve_budget
-    from tiledcorr.machine import describe_machine
+    from tiledcorr.tools.machine import describe_machine
 
     budget = resolve_budget(args.budget)
     kinds = ["forward", "backward"] + ([] if args.skip_raft else ["raft-tiled", "raft"])

@@ -10,7 +10,8 @@ from .errors import (
     ShapeError,
     TiledCorrError,
 )
-from .ops import CorrelationReduce, SpatialCorrelation, correlate, correlate_reduce, plan
+from .ops import CorrBlock, CorrelationLookup, CorrelationReduce, SpatialCorrelation, correlate, correlate_lookup, correlate_reduce, plan
+from .planning.lookup import LookupPlan, plan_lookup
 from .planning.planner import Plan
 from .reductions import TopK
 
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CorrelationReduce", "TopK", "correlate_reduce",
+    "CorrBlock", "CorrelationLookup", "LookupPlan", "correlate_lookup", "plan_lookup",
     "Correlation", "CorrTorch", "FlowNetCorrelation", "SpatialCorrelationSampler", "corr_torch", "flownet_correlation",
     "spatial_correlation_sample",
     "ArgumentTypeError", "ArgumentValueError", "DeviceError", "MemoryBudgetError", "Plan", "ShapeError",

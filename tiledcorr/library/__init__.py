@@ -5,4 +5,4 @@ alike; importing this package registers them (and the strategies they run).
 """
 
 from .. import strategies  # noqa: F401  (registers the strategies the operators run)
-from . import correlate, reduce  # noqa: F401  (registers the operators)
+from . import correlate, lookup, reduce  # noqa: F401  (registers the operators)

@@ -165,15 +165,24 @@ def register_backward(op: Any, backward_op: Any, *, save_results: bool) -> None:
     def differentiate(ctx: Any, grad: torch.Tensor, *_other_grads: Any) -> tuple:
         input1, input2, *results = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[:2]
-        grads = backward_op(grad, input1, input2, *results, *ctx.args, need1, need2)
-        if torch.is_grad_enabled():  # create_graph=True: the gradients could be differentiated again
-            for g in grads:
-                if g.requires_grad:
-                    g.register_hook(_refuse_double_backward)
+        grads = refuse_double_backward(backward_op(grad, input1, input2, *results, *ctx.args, need1, need2))
         return (grads[0] if need1 else None, grads[1] if need2 else None) + (None,) * len(ctx.args)
 
     op.register_autograd(differentiate, setup_context=setup_context)
 
 
-def _refuse_double_backward(grad: torch.Tensor) -> None:
+def refuse_double_backward(grads: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    """``grads``, each made to raise :data:`DOUBLE_BACKWARD_MESSAGE` if differentiated again.
+
+    Only under ``create_graph=True`` (grad mode on inside a backward) can the
+    gradients be differentiated again; a hook on each then raises first.
+    """
+    if torch.is_grad_enabled():
+        for g in grads:
+            if g.requires_grad:
+                g.register_hook(_raise_double_backward)
+    return grads
+
+
+def _raise_double_backward(grad: torch.Tensor) -> None:
     raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)

@@ -17,9 +17,7 @@ Gradients:
     * ``coords`` get none (RAFT detaches them): asking for one raises.
     * The gradients are not differentiable again: a double backward
       (``create_graph=True`` through the look-up, then a backward of the
-      gradient) raises torch's "Trying to backward through
-      tiledcorr.correlate_lookup_backward.default but no autograd formula was
-      registered".
+      gradient) raises :data:`tiledcorr.library.common.DOUBLE_BACKWARD_MESSAGE`.
 """
 
 from __future__ import annotations
@@ -29,8 +27,9 @@ from typing import Any
 import torch
 
 from ..execution.lookup import lookup_backward, lookup_forward
-from ..ops import decode_budget
-from ..planning.lookup import LookupPlan, compute_dtype, plan_lookup
+from ..dtypes import compute_dtype
+from ..planning.lookup import LookupPlan, plan_lookup
+from .common import decode_budget, refuse_double_backward
 
 __all__ = ["correlate_lookup_op", "correlate_lookup_backward_op", "COORDS_GRAD_MESSAGE"]
 
@@ -89,7 +88,8 @@ def _differentiate(ctx: Any, grad: torch.Tensor) -> tuple:
     need1, need2, need_coords = ctx.needs_input_grad[:3]
     if need_coords:
         raise RuntimeError(COORDS_GRAD_MESSAGE)
-    grad1, grad2 = torch.ops.tiledcorr.correlate_lookup_backward(grad, fmap1, fmap2, coords, *ctx.args, need1, need2)
+    grad1, grad2 = refuse_double_backward(
+        torch.ops.tiledcorr.correlate_lookup_backward(grad, fmap1, fmap2, coords, *ctx.args, need1, need2))
     return (grad1 if need1 else None, grad2 if need2 else None, None) + (None,) * len(ctx.args)
 
 

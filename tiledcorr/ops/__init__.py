@@ -2,6 +2,10 @@
 
 from .correlate import SpatialCorrelation, correlate
 from .correlate_reduce import CorrelationReduce, correlate_reduce
+from .lookup import CorrBlock, CorrelationLookup, correlate_lookup
 from .plan import plan
 
-__all__ = ["CorrelationReduce", "SpatialCorrelation", "correlate", "correlate_reduce", "plan"]
+__all__ = [
+    "CorrBlock", "CorrelationLookup", "CorrelationReduce", "SpatialCorrelation", "correlate", "correlate_lookup",
+    "correlate_reduce", "plan",
+]

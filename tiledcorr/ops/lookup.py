@@ -24,7 +24,7 @@ from ..budget import resolve_budget
 from ..checks import check_int, show
 from ..errors import ArgumentTypeError, ArgumentValueError, DeviceError, ShapeError
 from ..library.lookup import COORDS_GRAD_MESSAGE, correlate_lookup_op  # noqa: F401  (registers the operators)
-from ..ops import encode_budget
+from ..library.common import encode_budget
 from ..planning.lookup import level_sizes
 from ..typing import BudgetLike
 

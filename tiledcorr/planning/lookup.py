@@ -23,16 +23,12 @@ from typing import Any, Sequence
 import torch
 
 from ..budget import format_bytes, resolve_budget
+from ..dtypes import compute_dtype
 from ..checks import check_bool, check_device, check_dtype, check_int, check_shape, show
 from ..errors import MemoryBudgetError, ShapeError
 
-__all__ = ["Buffer", "LookupPlan", "compute_dtype", "level_sizes", "lookup_buffers", "plan_lookup",
+__all__ = ["Buffer", "LookupPlan", "level_sizes", "lookup_buffers", "plan_lookup",
            "all_pairs_pyramid_bytes"]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32, float16 and bfloat16 accumulate (and return) in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def level_sizes(height: int, width: int, num_levels: int) -> tuple[tuple[int, int], ...]:
