@@ -53,7 +53,7 @@ if "--smoke" in sys.argv[1:]:
 import argparse
 import contextlib
 import gc
-import importlib
+import importlib.util
 import json
 import math
 import re
@@ -91,10 +91,9 @@ TOLERANCE = {"float32": 2e-5, "tf32": 3e-3, "float16": 5e-3, "bfloat16": 3e-2}
 REDUCTIONS = ("max", "argmax", "softargmax", "topk")
 #: Stage budgets in seconds (device run, smoke run).
 BUDGETS = {
-    "tests": (100, 30), "correctness": (80, 40), "memory": (25, 10), "sampler": (240, 5),
-    "timing": (170, 40), "threads": (25, 10),
+    "tests": (90, 30), "correctness": (75, 40), "memory": (25, 10), "sampler": (240, 5),
+    "timing": (150, 40), "threads": (20, 10),
 }
-#: The sampler's build started with the run: wait for it until this many seconds after the start.
 EXTRA_CONFIGS = {
     "big": ((8, 256, 96, 128), dict(patch_size=41)),
     "argmax81": ((4, 128, 192, 256), dict(patch_size=81)),
@@ -370,7 +369,7 @@ def tie_free(values: torch.Tensor, count: int, gap: float) -> torch.Tensor:
     A gradient through a max or top-k at a near tie may go to either entry: the
     gradient checks give those positions a zero upstream gradient.
     """
-    top = values.topk(min(count, values.shape[1]), 1).values
+    top = values.detach().topk(min(count, values.shape[1]), 1).values
     if top.shape[1] < 2:
         return torch.ones_like(top[:, 0], dtype=torch.bool)
     return ((top[:, :-1] - top[:, 1:]) > gap).all(1)
@@ -387,6 +386,14 @@ class Checker:
         if status is None:
             status = "pass" if error is not None and error <= tolerance else "fail"  # NaN fails
         self.rows.append(dict(key, check=check, status=status, error=error, tolerance=tolerance, detail=detail))
+
+    def guarded(self, key: dict, part: str, run: Callable[[], None]) -> None:
+        """``run()``; an exception becomes an ``error`` row (a failure) and the grid goes on."""
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001
+            self.add(key, part, None, None, status="error", detail=short(exc))
+            free_cuda()
 
     def compare(self, key: dict, check: str, out: torch.Tensor, ref: torch.Tensor, tolerance: float, detail: str = "") -> None:
         dtype_ok = out.dtype in (torch_dtype(key["dtype"]), torch.long)
@@ -502,30 +509,19 @@ def stage_correctness(ctx: "Run", budget: Budget) -> dict:
                                            several_tiles=case.several_tiles)
                     except tiledcorr.TiledCorrError as exc:
                         chk.add(key, "volume", None, None, status="refused", detail=short(exc))
-                        plan = None
-                    for part, run in (
-                        ("volume", lambda: plan is not None and check_volume(
+                    else:
+                        chk.guarded(key, "volume", lambda: check_volume(
                             chk, key, lambda a, b: tiledcorr.correlate(a, b, **case.params, plan=plan), x1, x2, r1, r2,
-                            lambda p, q: correlate_reference(p, q, **case.params), tol, seed + 2, f"{plan.passes} tiles")),
-                        ("reductions", lambda: check_reductions(chk, key, case, shape, x1, x2, r1, r2, strategy, dtype,
-                                                                tol, seed + 3)),
-                    ):
-                        try:
-                            run()
-                        except Exception as exc:  # noqa: BLE001 (a crash is a failing row; the grid goes on)
-                            chk.add(key, part, None, None, status="error", detail=short(exc))
-                            free_cuda()
+                            lambda p, q: correlate_reference(p, q, **case.params), tol, seed + 2, f"{plan.passes} tiles"))
+                    chk.guarded(key, "reductions", lambda: check_reductions(
+                        chk, key, case, shape, x1, x2, r1, r2, strategy, dtype, tol, seed + 3))
             shape = CASES[1].smoke_shape if ctx.smoke else CASES[1].shape
             seed = 1000 * d + 500
             x1, x2 = randn(shape, dtype, device, seed), randn(shape, dtype, device, seed + 1)
             r1, r2 = (x.detach().double().cpu().requires_grad_() for x in (x1, x2))
             for name, (make, ref_fn) in SHIMS.items():
                 key = dict(case=CASES[1].name, strategy="auto", dtype=dtype_name, check_group=name)
-                try:
-                    module = make()
-                    check_volume(chk, key, module, x1, x2, r1, r2, ref_fn, tol, seed + 2, name)
-                except Exception as exc:  # noqa: BLE001
-                    chk.add(key, "shim", None, None, status="error", detail=short(exc))
+                chk.guarded(key, "shim", lambda: check_volume(chk, key, make(), x1, x2, r1, r2, ref_fn, tol, seed + 2, name))
     counts: dict[str, int] = {}
     for row in chk.rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -552,13 +548,14 @@ def stage_sampler(ctx: "Run", budget: Budget) -> dict:
             info.update(built=False, build_result=f"not finished after {budget.seconds:.0f} s")
         if args.sampler_log and Path(args.sampler_log).exists() and not info["built"]:
             info["build_log_tail"] = Path(args.sampler_log).read_text(errors="replace")[-4000:]
-        if info["built"] and args.sampler_site:
-            sys.path.insert(0, args.sampler_site)
+        if args.sampler_site and Path(args.sampler_site).is_dir():
+            sys.path.insert(0, args.sampler_site)  # even after a failed check there: the import below decides
     else:
         info["build_result"] = "not built here (smoke run, or no --sampler-status): using an installed copy if any"
     ctx.sampler = bench._reference()
     info["available"] = ctx.sampler is not None
     if ctx.sampler is None:
+        info["status"] = f"unavailable ({info.get('build_result', 'not built')})"
         return info
     import spatial_correlation_sampler
 
@@ -569,6 +566,8 @@ def stage_sampler(ctx: "Run", budget: Budget) -> dict:
     out = ctx.sampler(x1, x2, **case.params)
     info["float32_error_vs_reference"] = rel_error(out, correlate_reference(x1.double().cpu(), x2.double().cpu(), **case.params))
     info["status"] = "ok" if info["float32_error_vs_reference"] <= TOLERANCE["float32"] else "wrong results"
+    if args.sampler_status and not info["built"]:
+        info["status"] += f" (an installed copy: the build {info['build_result']})"
     return info
 
 
@@ -940,7 +939,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_out"), help="output folder")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--only", default="", help="comma-separated timing configurations")
-    parser.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (default 450; smoke 120)")
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (default 420; smoke 120)")
     parser.add_argument("--target-s", type=float, default=None, help="timed seconds per contender (sets its repeats)")
     parser.add_argument("--min-repeat", type=int, default=None)
     parser.add_argument("--max-repeat", type=int, default=None)
@@ -952,7 +951,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sampler-log", default="", help="that build's log")
     args = parser.parse_args(argv)
     smoke_or_gpu = lambda smoke, gpu: smoke if args.smoke else gpu  # noqa: E731
-    args.time_limit = args.time_limit or smoke_or_gpu(120.0, 450.0)
+    args.time_limit = args.time_limit or smoke_or_gpu(120.0, 420.0)
     args.target_s = args.target_s or smoke_or_gpu(0.005, 0.25)
     args.min_repeat = args.min_repeat or smoke_or_gpu(2, 5)
     args.max_repeat = args.max_repeat or smoke_or_gpu(3, 30)

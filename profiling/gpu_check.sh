@@ -67,19 +67,27 @@ build_sampler() {
         --no-cache-dir --disable-pip-version-check --target "$SITE" -v .) || { rc=$?; reason=build-failed; }
     if [[ $rc == 0 ]]; then
         # Import from / so the source tree cannot shadow the build.
-        (cd / && PYTHONPATH="$SITE" "$PY" -c 'import spatial_correlation_sampler_backend, spatial_correlation_sampler as s; print("build_sampler: import OK", s.__file__)') \
+        (cd / && PYTHONPATH="$SITE" "$PY" -c 'import torch, spatial_correlation_sampler_backend, spatial_correlation_sampler as s; print("build_sampler: import OK", s.__file__)') \
             || { rc=1; reason=import-failed; }
     fi
     echo "build_sampler: exit status $rc ($reason) after $((SECONDS - start)) s"
     finish "$rc" "$reason"
 }
 
+# Job control gives the background build its own process group, so it can be stopped whole.
+set -m
 build_sampler >"$OUT/sampler-build.log" 2>&1 &
 build_pid=$!
+set +m
 
 "$PY" "$ROOT/profiling/gpu_check.py" --out "$OUT" --sampler-site "$SITE" --sampler-status "$STATUS" \
     --sampler-log "$OUT/sampler-build.log" "$@" 2>&1 | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
+# gpu_check.py waited for the build up to its deadline; one still running then is stopped.
+if [[ ! -f "$STATUS" ]]; then
+    echo "gpu_check.sh: stopping the unfinished sampler build" | tee -a "$OUT/sampler-build.log"
+    kill -- "-$build_pid" 2>/dev/null
+fi
 wait "$build_pid" 2>/dev/null
 rm -rf "$WORK"
 exit "$rc"
