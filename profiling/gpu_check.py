@@ -75,7 +75,7 @@ sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402  (profiling/bench.py: the configurations and the step closures)
 import tiledcorr  # noqa: E402
-from tiledcorr.engine import STRATEGIES  # noqa: E402  (the lead moves the registry: fix this import then)
+from tiledcorr.planning.registry import names as registered_strategies  # noqa: E402
 from tiledcorr.machine import describe_machine  # noqa: E402
 from tiledcorr.naive import naive_correlate, naive_peak_bytes  # noqa: E402
 from tiledcorr.reference import corrtorch_reference, correlate_reference, flownet_reference  # noqa: E402
@@ -258,7 +258,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def strategy_names() -> list[str]:
     """Every registered strategy, plus ``"triton"`` where triton imports (refused if not registered)."""
-    names = list(STRATEGIES)
+    names = list(registered_strategies())
     if triton_version() is not None and "triton" not in names:
         names.append("triton")
     return names

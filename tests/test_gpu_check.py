@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tiledcorr.engine import STRATEGIES  # the lead moves the registry: fix this import with gpu_check.py's
+from tiledcorr.planning.registry import names as _strategy_names
+
+STRATEGIES = _strategy_names()
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "profiling" / "gpu_check.py"

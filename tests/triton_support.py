@@ -7,9 +7,7 @@ while it loads, and restores the environment afterwards; other test files and
 the package's own import are unaffected.
 
 It also makes triton 3.6's interpreter work with numpy >= 2.4
-(triton-lang/triton issue 9171): the interpreter turns a scalar kernel
-argument used as a ``range`` bound into an int with ``int(array)`` on a
-shape-``(1,)`` array, which numpy 2.4 refuses.
+(:func:`tiledcorr.strategies.triton.fix_interpreter_for_numpy`).
 """
 
 from __future__ import annotations
@@ -20,23 +18,9 @@ import pathlib
 import sys
 from types import ModuleType
 
+from tiledcorr.strategies.triton import fix_interpreter_for_numpy
+
 _SOURCE = pathlib.Path(__file__).resolve().parents[1] / "tiledcorr" / "strategies" / "triton_kernels.py"
-
-
-def fix_interpreter_for_numpy() -> None:
-    """Let the interpreter's ``__index__`` take the single element (idempotent)."""
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_tiledcorr_fixed", False):
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    patched._tiledcorr_fixed = True
-    interpreter._patch_lang_tensor = patched
 
 
 def load_kernels(*, interpret: bool) -> ModuleType:

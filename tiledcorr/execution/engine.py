@@ -15,7 +15,8 @@ of :mod:`tiledcorr.reductions`. The backward walks the same tiles and
 scatters its products into the gradients. Nothing ever holds more than one
 tile, so the workspace is what the planner predicts, whatever the image and
 patch sizes. A strategy that runs a whole plan itself (a fused kernel) is
-handed the plan instead of tiles.
+called by :mod:`tiledcorr.execution.volume` and :mod:`tiledcorr.reductions.run`
+instead of this loop.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _workspace(x1: torch.Tensor, geometry: Geometry, tiling: Tiling, *, backward
     return Workspace(workspace_elements(geometry, tiling, backward=backward), compute_dtype(x1.dtype), x1.device)
 
 
+def _per_tile(tiling: Tiling) -> registry.Strategy:
+    strategy = registry.get(tiling.strategy)
+    if strategy.runs_whole_plan:  # its callers run it (execution.volume, reductions.run)
+        raise ValueError(f"strategy {tiling.strategy!r} runs whole plans, not tiles; use planner.per_tile_plan()")
+    return strategy
+
+
 def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, sink: Sink, *, scale: float = 1.0) -> None:
     """Compute every tile of the cost volume and hand it to ``sink``.
 
@@ -59,10 +67,7 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: 
         sink: receives each band ``(Bt, *J, *U)`` in the compute dtype.
         scale: multiplies every output value (the normalisation).
     """
-    strategy = registry.get(tiling.strategy)
-    if strategy.runs_whole_plan:
-        strategy.run_forward(x1, x2, geometry, tiling, sink, scale=scale)
-        return
+    strategy = _per_tile(tiling)
     ws = _workspace(x1, geometry, tiling, backward=False)
     try:
         ctx = TileContext(geometry, x1, x2, ws, scale, strategy)
@@ -92,10 +97,7 @@ def run_backward(
             :func:`~tiledcorr.execution.sinks.volume_grad` for a stored cost
             volume ``(B, *patch, *out_size)``.
     """
-    strategy = registry.get(tiling.strategy)
-    if strategy.runs_whole_plan:
-        strategy.run_backward(x1, x2, geometry, tiling, grad1, grad2, grad_source, scale=scale)
-        return
+    strategy = _per_tile(tiling)
     ws = _workspace(x1, geometry, tiling, backward=True)
     try:
         ctx = TileContext(geometry, x1, x2, ws, scale, strategy)
@@ -123,7 +125,7 @@ class Lockstep:
 
     def __init__(self, problems: list[tuple[torch.Tensor, torch.Tensor, Geometry, float]], tiling: Tiling,
                  dtype: torch.dtype) -> None:
-        self.strategy = registry.get(tiling.strategy)
+        self.strategy = _per_tile(tiling)
         sizes: dict[str, int] = {}
         for _, _, geometry, _ in problems:
             for name, n in workspace_elements(geometry, tiling, backward=False).items():

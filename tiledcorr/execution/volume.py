@@ -12,11 +12,27 @@ from typing import Callable
 import torch
 
 from ..dtypes import compute_dtype
-from ..planning.planner import Plan
+from ..planning import registry
+from ..planning.planner import Plan, per_tile_plan
+from ..planning.registry import Strategy
 from . import hugepages, nonfinite
 from .engine import run_backward, run_forward
 from .retry import with_oom_retry
 from .sinks import GradSource, OutputSink, volume_grad
+
+
+def fused_or_per_tile(plan: Plan, finite: bool) -> tuple[Plan, Strategy | None]:
+    """The plan to run and, for a strategy that runs whole plans, that strategy.
+
+    Such a strategy (a fused kernel) takes finite inputs only; for others the
+    exact NaN/Inf path runs a per-tile plan of the same budget instead.
+    """
+    strategy = registry.get(plan.strategy)
+    if not strategy.runs_whole_plan:
+        return plan, None
+    if finite:
+        return plan, strategy
+    return per_tile_plan(plan), None
 
 
 def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float) -> torch.Tensor:
@@ -25,11 +41,14 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
     if g.is_empty:
         return input1.new_zeros(g.out_shape)
     finite = nonfinite.all_finite(input1, input2)
+    plan, fused = fused_or_per_tile(plan, finite)
 
     def attempt(p: Plan) -> torch.Tensor:
         out = input1.new_empty(g.out_shape)
         hugepages.advise(out)
-        if finite:
+        if fused is not None:
+            fused.volume_forward(input1, input2, out, g, scale)
+        elif finite:
             run_forward(input1, input2, g, p.tiling, OutputSink(g, out), scale=scale)
         else:  # zero padding is not exact for NaN and Inf
             nonfinite.run_forward(input1, input2, p, OutputSink(g, out), scale=scale)
@@ -42,6 +61,7 @@ def backward_inputs(
     input1: torch.Tensor, input2: torch.Tensor, grad_source: GradSource | torch.Tensor, plan: Plan, scale: float,
     need1: bool, need2: bool, *, upstream: torch.Tensor | None = None,
     upstream_present: Callable[[str], bool] | None = None,
+    whole_plan: Callable[[Strategy, torch.Tensor | None, torch.Tensor | None], None] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Gradients of both inputs (``None`` where not needed), in the inputs' dtype.
 
@@ -52,7 +72,9 @@ def backward_inputs(
     classes its band gradients can hold (``upstream_present``, see
     :func:`tiledcorr.execution.nonfinite.run_backward`). Where the inputs or that
     gradient hold NaN or Inf, every entry gets its in-image IEEE value
-    (:mod:`tiledcorr.execution.nonfinite`).
+    (:mod:`tiledcorr.execution.nonfinite`). ``whole_plan(strategy, grad1,
+    grad2)`` adds the gradients for a strategy that runs whole plans (the
+    stored volume's: its ``volume_backward``).
     """
     g = plan.geometry
     acc_dtype = compute_dtype(input1.dtype)
@@ -61,14 +83,20 @@ def backward_inputs(
         upstream = grad_source
         grad_source = volume_grad(upstream)
         present = nonfinite.Indicators(upstream).present
+        if whole_plan is None:
+            def whole_plan(strategy: Strategy, grad1: torch.Tensor | None, grad2: torch.Tensor | None) -> None:
+                strategy.volume_backward(upstream, input1, input2, grad1, grad2, g, scale)
     elif upstream is None:
         raise TypeError("backward_inputs: a gradient source needs the gradient it was made from (upstream=)")
     ieee = not g.is_empty and not nonfinite.all_finite(input1, input2, upstream)
+    plan, fused = fused_or_per_tile(plan, not ieee)
 
     def attempt(p: Plan):
         grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None
         grad2 = torch.zeros(input2.shape, dtype=acc_dtype, device=input2.device) if need2 else None
-        if ieee:  # zero padding is not exact for NaN and Inf
+        if fused is not None and not g.is_empty:
+            whole_plan(fused, grad1, grad2)
+        elif ieee:  # zero padding is not exact for NaN and Inf
             nonfinite.run_backward(input1, input2, p, grad1, grad2, grad_source, scale=scale, upstream_present=present)
         elif not g.is_empty:
             run_backward(input1, input2, g, p.tiling, grad1, grad2, grad_source, scale=scale)

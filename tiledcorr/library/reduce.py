@@ -61,7 +61,7 @@ def correlate_reduce_backward_op(
     geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
     plan = _plan(input1, geometry, budget, tiling, reduction, k, backward=True)
     grads = reduce_backward(table.get(reduction), grad, input1, input2, (result, index_or_max, normaliser), plan, scale,
-                            temperature, need1, need2)
+                            k or None, temperature, need1, need2)
     return input_grads_or_empty(input1, input2, *grads)
 
 

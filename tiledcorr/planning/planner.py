@@ -273,12 +273,12 @@ def plan_for_tiling(
 @functools.lru_cache(maxsize=512)
 def _cached_plan(
     geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool, strategy: str | None,
-    sink_cost: SinkCost = SinkCost(),
+    sink_cost: SinkCost = SinkCost(), per_tile: bool = False,
 ) -> Plan:
     model = device_model(device_type)
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
     grads = _accumulator_bytes(geometry, dtype)
-    grids = _candidate_grids(geometry, dtype, device_type, elem, model, strategy)
+    grids = _candidate_grids(geometry, dtype, device_type, elem, model, strategy, per_tile)
 
     def score(grid: _CandidateGrid, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """Candidates ``rows`` of one strategy: the workspace they need and their seconds."""
@@ -425,14 +425,17 @@ class _CandidateGrid:
 
 
 def _candidate_grids(geometry: Geometry, dtype: torch.dtype, device_type: str, elem: int, model: DeviceModel,
-                     only: str | None) -> list[_CandidateGrid]:
-    """The candidates of every strategy that accepts the problem (or of ``only``).
+                     only: str | None, per_tile: bool = False) -> list[_CandidateGrid]:
+    """The candidates of every strategy that accepts the problem (or of ``only``; with ``per_tile``
+    only strategies that the engine's loop runs tile by tile).
 
     Raises:
         ArgumentValueError: no strategy (or not ``only``) can run the problem;
             the message gives each one's reason.
     """
     refused = registry.refusals(geometry, dtype, device_type)
+    if per_tile:
+        refused.update({n: "runs a whole plan" for n in registry.names() if registry.get(n).runs_whole_plan})
     names = [only] if only else [n for n in registry.names() if n not in refused]
     if not names or names[0] in refused:
         reasons = "; ".join(f"{n}: {refused[n]}" for n in ([only] if only else refused))
@@ -459,6 +462,18 @@ def check_output_fits(plan_: Plan, device: torch.device) -> None:
             f"but only {format_bytes(free)} is free on {device}; reduce the batch, the patch "
             "size or the image size, or use tiledcorr.correlate_reduce() to avoid storing the volume"
         )
+
+
+def per_tile_plan(plan_: Plan) -> Plan:
+    """``plan_``, or for a strategy that runs whole plans the plan among per-tile strategies for its budget.
+
+    The exact NaN/Inf path combines tiles of several correlations, so it needs
+    a strategy the engine runs tile by tile.
+    """
+    if not registry.get(plan_.strategy).runs_whole_plan:
+        return plan_
+    return _cached_plan(plan_.geometry, plan_.dtype, plan_.device_type, plan_.budget_bytes, plan_.requires_grad, None,
+                        plan_.sink_cost, True)
 
 
 def smaller_plan(plan_: Plan) -> Plan | None:

@@ -2,10 +2,13 @@
 
 A strategy is a class in its own module of :mod:`tiledcorr.strategies` that
 subclasses :class:`Strategy` and registers itself with :func:`register`. The
-planner sees only this interface (shapes in, numbers out); the execution
-methods (``forward``/``backward`` for one tile, or ``run_forward``/``run_backward``
-for a whole plan when :attr:`Strategy.runs_whole_plan`) are called by the
-engine (:mod:`tiledcorr.execution.engine`).
+planner sees only this interface (shapes in, numbers out). The execution
+methods are called by the execution layer: ``forward``/``backward`` for one
+tile by the engine's loop (:mod:`tiledcorr.execution.engine`); or, when
+:attr:`Strategy.runs_whole_plan` (a fused kernel), ``volume_forward``,
+``volume_backward``, ``reduce_forward`` and ``reduce_backward`` for a whole
+problem (:mod:`tiledcorr.execution.volume`, :mod:`tiledcorr.reductions.run`;
+see :mod:`tiledcorr.strategies.triton`).
 """
 
 from __future__ import annotations

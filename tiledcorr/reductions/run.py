@@ -11,8 +11,10 @@ from ..execution.engine import run_forward
 from ..execution.retry import with_oom_retry
 from ..execution.sinks import Sink
 from ..execution.tiles import iter_tiles
-from ..execution.volume import backward_inputs
+from ..execution.volume import backward_inputs, fused_or_per_tile
+from ..planning import registry
 from ..planning.planner import Plan
+from ..planning.registry import Strategy
 from .table import Reduction
 
 
@@ -44,6 +46,11 @@ def reduce_forward(reduction: Reduction, input1: torch.Tensor, input2: torch.Ten
                    k: int | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The reduction's three results (see :attr:`Reduction.finish`)."""
     g, dtype, device = plan.geometry, plan.compute_dtype, input1.device
+    if registry.get(plan.strategy).runs_whole_plan:
+        plan, fused = fused_or_per_tile(plan, g.channels == 0 or nonfinite.all_finite(input1, input2))
+        if fused is not None:
+            return with_oom_retry(plan, lambda p: fused.reduce_forward(reduction.name, input1, input2, g, scale, k,
+                                                                      temperature))
     sink = _run_sink(input1, input2, plan, scale,
                      lambda nan_aware: reduction.make_sink(g, dtype, device, k, temperature, nan_aware))
     return reduction.finish(sink, input1.dtype)
@@ -51,9 +58,15 @@ def reduce_forward(reduction: Reduction, input1: torch.Tensor, input2: torch.Ten
 
 def reduce_backward(
     reduction: Reduction, grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor,
-    results: tuple[torch.Tensor, torch.Tensor, torch.Tensor], plan: Plan, scale: float, temperature: float,
-    need1: bool, need2: bool,
+    results: tuple[torch.Tensor, torch.Tensor, torch.Tensor], plan: Plan, scale: float, k: int | None,
+    temperature: float, need1: bool, need2: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Both input gradients from the gradient of the reduction's first result (``None`` where not needed)."""
     source, present = reduction.grad_source(plan.geometry, results, grad, temperature, plan.compute_dtype)
-    return backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad, upstream_present=present)
+
+    def whole_plan(strategy: Strategy, grad1: torch.Tensor | None, grad2: torch.Tensor | None) -> None:
+        strategy.reduce_backward(reduction.name, grad, input1, input2, results, grad1, grad2, plan.geometry, scale, k,
+                                 temperature)
+
+    return backward_inputs(input1, input2, source, plan, scale, need1, need2, upstream=grad, upstream_present=present,
+                           whole_plan=whole_plan)

@@ -3,6 +3,6 @@
 Registration order is the planner's candidate order (:mod:`tiledcorr.planning.registry`).
 """
 
-from . import tile_matmul, shift, row_matmul  # noqa: F401  (registers them, in this order)
+from . import tile_matmul, shift, row_matmul, triton  # noqa: F401  (registers them, in this order)
 
-__all__ = ["row_matmul", "shift", "tile_matmul"]
+__all__ = ["row_matmul", "shift", "tile_matmul", "triton"]
