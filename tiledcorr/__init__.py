@@ -11,6 +11,8 @@ from .errors import (
     TiledCorrError,
 )
 from .ops import CorrelationReduce, SpatialCorrelation, correlate, correlate_reduce, plan
+from .ops.flow import displacement_to_flow, index_to_displacement, volume_to_flow
+from .compat.mmcv import MMCVCorrelation, mmcv_correlation
 from .planning.planner import Plan
 from .reductions import TopK
 
@@ -22,4 +24,5 @@ __all__ = [
     "spatial_correlation_sample",
     "ArgumentTypeError", "ArgumentValueError", "DeviceError", "MemoryBudgetError", "Plan", "ShapeError",
     "SpatialCorrelation", "TiledCorrError", "correlate", "plan", "resolve_budget",
+    "MMCVCorrelation", "mmcv_correlation", "displacement_to_flow", "index_to_displacement", "volume_to_flow",
 ]
