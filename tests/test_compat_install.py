@@ -85,8 +85,8 @@ CHECK_MODEL = """
 @pytest.mark.parametrize("fake_real", [False, True], ids=["original-absent", "original-installed"])
 def test_install_redirects_third_party_imports(tmp_path, fake_real):
     """With or without the original installed (not imported), the model file gets tiledcorr's layer."""
-    result = _run(tmp_path, CHECK_MODEL + ("    import sys; assert not hasattr(sys.modules['spatial_correlation_sampler'], 'IMPORTED')\n"
-                                           if fake_real else ""), fake_real=fake_real)
+    untouched = "    import sys; assert not hasattr(sys.modules['spatial_correlation_sampler'], 'IMPORTED')\n"
+    result = _run(tmp_path, CHECK_MODEL + (untouched if fake_real else ""), fake_real=fake_real)
     assert result.returncode == 0, result.stderr
     assert "OK torch.Size([2, 5, 5, 7, 9])" in result.stdout
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import email
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -122,11 +123,14 @@ def test_sdist_tests_run(dists, tmp_path):
             archive.extractall(tmp_path)
     unpacked = tmp_path / sdist.name[: -len(".tar.gz")]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_flow.py", "tests/test_docs.py",
-         "tiledcorr/ops/flow.py"],
+        # A few tests that need conftest.py (a fixture), support.py, the docs and a doctest: quick, not the suite.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_mmcv.py", "tests/test_docs.py",
+         "tiledcorr/compat/mmcv.py", "-k",
+         "memory_budget or repr or blocks_found or fence or broken or mmcv_correlation"],
         cwd=unpacked, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed[1]) >= 10 and "failed" not in result.stdout, result.stdout[-2000:]
     assert str(unpacked / "tiledcorr") in subprocess.run(
         [sys.executable, "-c", "import tiledcorr; print(tiledcorr.__file__)"], cwd=unpacked,
         capture_output=True, text=True).stdout

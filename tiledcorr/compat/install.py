@@ -53,7 +53,7 @@ class _SamplerFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None  # the default module object
 
     def exec_module(self, module: types.ModuleType) -> None:
-        module.__doc__ = "tiledcorr's drop-in for spatial_correlation_sampler (installed by tiledcorr.compat.install())."
+        module.__doc__ = "tiledcorr's drop-in for spatial_correlation_sampler (from tiledcorr.compat.install())."
         module.SpatialCorrelationSampler = SpatialCorrelationSampler  # type: ignore[attr-defined]
         module.spatial_correlation_sample = spatial_correlation_sample  # type: ignore[attr-defined]
         module.__all__ = ["SpatialCorrelationSampler", "spatial_correlation_sample"]  # type: ignore[attr-defined]
