@@ -76,8 +76,8 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402  (profiling/bench.py: the configurations and the step closures)
 import tiledcorr  # noqa: E402
 from tiledcorr.planning.registry import names as registered_strategies  # noqa: E402
-from tiledcorr.machine import describe_machine  # noqa: E402
-from tiledcorr.naive import naive_correlate, naive_peak_bytes  # noqa: E402
+from tiledcorr.tools.machine import describe_machine  # noqa: E402
+from tiledcorr.tools.naive import naive_correlate, naive_peak_bytes  # noqa: E402
 from tiledcorr.reference import corrtorch_reference, correlate_reference, flownet_reference  # noqa: E402
 
 MiB, GiB = 2**20, 2**30

@@ -1,7 +1,7 @@
 """Tests of the drop-in shims in tiledcorr.compat against the float64 references.
 
 Each shim is compared with :mod:`tiledcorr.reference` (a transcription of
-shared/semantics.md), forward and backward, over grids that include
+docs/semantics.md), forward and backward, over grids that include
 kernel_size 3, stride1/stride2 2, pad_size != max_displacement and odd sizes;
 gradcheck runs through each shim. Where the C++ ``spatial_correlation_sampler``
 is importable, the sampler shim (and the FlowNet shim, through the identity of

@@ -12,6 +12,8 @@ from .errors import (
 )
 from .ops import CorrBlock, CorrelationLookup, CorrelationReduce, SpatialCorrelation, correlate, correlate_lookup, correlate_reduce, plan
 from .planning.lookup import LookupPlan, plan_lookup
+from .ops.flow import displacement_to_flow, index_to_displacement, volume_to_flow
+from .compat.mmcv import MMCVCorrelation, mmcv_correlation
 from .planning.planner import Plan
 from .reductions import TopK
 
@@ -24,4 +26,5 @@ __all__ = [
     "spatial_correlation_sample",
     "ArgumentTypeError", "ArgumentValueError", "DeviceError", "MemoryBudgetError", "Plan", "ShapeError",
     "SpatialCorrelation", "TiledCorrError", "correlate", "plan", "resolve_budget",
+    "MMCVCorrelation", "mmcv_correlation", "displacement_to_flow", "index_to_displacement", "volume_to_flow",
 ]

@@ -1,6 +1,6 @@
 """Slow, obviously correct float64 references for the layers tiledcorr replaces.
 
-Each function is a direct transcription of a formula in ``shared/semantics.md``
+Each function is a direct transcription of a formula in ``docs/semantics.md``
 (sections 1-3): loops over displacements and kernel offsets, with every
 displacement/offset evaluated as one product of two zero-filled, strided
 "views" of the inputs, vectorised over batch, channels and output positions.

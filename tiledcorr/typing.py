@@ -15,3 +15,9 @@ Normalize = Literal[None, "channels", "kernel_channels", "sqrt_channels"]
 
 #: Names of the execution strategies in the engine's registry.
 StrategyName = Literal["tile_matmul", "row_matmul", "shift"]
+
+#: The fused reductions of :func:`tiledcorr.correlate_reduce` that return one tensor.
+TensorReductionName = Literal["max", "argmax", "softargmax"]
+
+#: Every ``reduction=`` of :func:`tiledcorr.correlate_reduce` (``"topk"`` returns a ``TopK``).
+ReductionName = Literal["max", "argmax", "softargmax", "topk"]

@@ -6,7 +6,7 @@ See :mod:`tiledcorr.reductions` for how the volume is reduced without being stor
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from ..errors import ArgumentValueError
 from ..library.common import geometry_args, operator_args
 from ..planning.planner import Plan, make_geometry
 from ..reductions import Reduction, TopK
-from ..typing import BudgetLike, IntOrTuple, Normalize
+from ..typing import BudgetLike, IntOrTuple, Normalize, TensorReductionName
 from .common import check_plan, normalization_scale, prepare_inputs, repr_args
 
 
@@ -41,6 +41,31 @@ def check_temperature(temperature: Any) -> float:
     if temperature <= 0:
         raise ArgumentValueError(f"temperature must be > 0, got {checks.show(temperature)}")
     return temperature
+
+
+# Overloads for type checkers: reduction="topk" gives a TopK, the other names a tensor, and a
+# plain str (e.g. from a config file) either.
+@overload
+def correlate_reduce(
+    input1: torch.Tensor, input2: torch.Tensor, kernel_size: IntOrTuple = ..., patch_size: IntOrTuple = ...,
+    stride: IntOrTuple = ..., padding: IntOrTuple = ..., dilation: IntOrTuple = ..., dilation_patch: IntOrTuple = ...,
+    *, reduction: Literal["topk"], k: int | None = ..., temperature: float = ..., normalize: Normalize = ...,
+    memory_budget: BudgetLike = ..., plan: Plan | None = ...,
+) -> TopK: ...
+@overload
+def correlate_reduce(
+    input1: torch.Tensor, input2: torch.Tensor, kernel_size: IntOrTuple = ..., patch_size: IntOrTuple = ...,
+    stride: IntOrTuple = ..., padding: IntOrTuple = ..., dilation: IntOrTuple = ..., dilation_patch: IntOrTuple = ...,
+    *, reduction: TensorReductionName, k: int | None = ..., temperature: float = ..., normalize: Normalize = ...,
+    memory_budget: BudgetLike = ..., plan: Plan | None = ...,
+) -> torch.Tensor: ...
+@overload
+def correlate_reduce(
+    input1: torch.Tensor, input2: torch.Tensor, kernel_size: IntOrTuple = ..., patch_size: IntOrTuple = ...,
+    stride: IntOrTuple = ..., padding: IntOrTuple = ..., dilation: IntOrTuple = ..., dilation_patch: IntOrTuple = ...,
+    *, reduction: str, k: int | None = ..., temperature: float = ..., normalize: Normalize = ...,
+    memory_budget: BudgetLike = ..., plan: Plan | None = ...,
+) -> torch.Tensor | TopK: ...
 
 
 def correlate_reduce(
