@@ -88,7 +88,7 @@ def main() -> None:
         proc.stdin.close()
         proc.wait()
     rows = []
-    print(f"| config | before fwd ms | after fwd ms | after/before | before fwd+bwd ms | after fwd+bwd ms | after/before |")
+    print("| config | before fwd ms | after fwd ms | after/before | before fwd+bwd ms | after fwd+bwd ms | after/before |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         med = {(k, w): statistics.median(samples[name, k, w]) * 1e3 for k in ("fwd", "fwd+bwd") for w in workers}

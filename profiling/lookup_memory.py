@@ -55,7 +55,7 @@ def _inputs(shape, requires_grad=False):
 
 def _child(kind: str, shape: tuple[int, ...], budget: str, levels: int, radius: int, repeat: int) -> dict:
     """One measurement, in this (fresh) process."""
-    from tiledcorr.tools.measure import measure, peak_memory  # first: it tunes malloc before the inputs exist
+    from tiledcorr.tools.measure import measure  # first: it tunes malloc before the inputs exist
 
     import torch
 

@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budgets", default="64MiB,256MiB,1GiB")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    lines = ["| pass | budget | tiling (positions, displacements) | predicted workspace | measured workspace | measured/predicted | measured/budget | median time |",
+    lines = ["| pass | budget | tiling (positions, displacements) | predicted workspace | measured workspace "
+             "| measured/predicted | measured/budget | median time |",
              "|---|---|---|---|---|---|---|---|"]
     machine = None
     for backward in (False, True):

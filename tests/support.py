@@ -26,3 +26,12 @@ def assert_matches_reference(
     torch.testing.assert_close(a.grad, ra.grad, rtol=rtol, atol=atol)
     torch.testing.assert_close(b.grad, rb.grad, rtol=rtol, atol=atol)
     return out, expected
+
+
+def cpu_strategies() -> tuple[str, ...]:
+    """The registered strategies that run float32 images on this CPU (the Triton kernels only interpreted)."""
+    import tiledcorr
+    from tiledcorr.planning import registry
+
+    geometry = tiledcorr.plan((1, 2, 5, 5), patch_size=3).geometry
+    return tuple(n for n in registry.names() if registry.get(n).refusal(geometry, torch.float32, "cpu") is None)

@@ -15,13 +15,14 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.tools import cli, profile
 from tiledcorr.tools.demo import DemoConfig, color_wheel, flow_to_color, run_demo
 from tiledcorr.tools.machine import describe_machine
 from tiledcorr.tools.progress import Progress
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

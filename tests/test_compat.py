@@ -35,10 +35,11 @@ from tiledcorr.compat.flownet import flownet_geometry
 from tiledcorr.geometry import Geometry
 from tiledcorr.ops.correlate import cost_volume
 from tiledcorr.planning.planner import plan_geometry
-from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.reference import corrtorch_reference, correlate_reference, flownet_reference
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 F64 = torch.float64
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.reference import correlate_reference
 
-from support import assert_matches_reference
+from support import assert_matches_reference, cpu_strategies
 
-STRATEGIES = _strategy_names()
+STRATEGIES = cpu_strategies()
 
 # (shape B,C,H,W ; kernel, patch, stride, padding, dilation, dilation_patch): every parameter takes
 # a value other than 1 (0 for padding) somewhere, tuples, even sizes, odd non-square images, B > 1.
@@ -111,7 +110,8 @@ def test_gradcheck_across_several_chunks(kw, strategy):
     shape = (2, 1, 6, 5)
     x1, x2 = _inputs(shape)
     _, small = _many_tile_plan(shape, min_passes=6, **kw)
-    p = tiledcorr.plan(shape, dtype=torch.float64, memory_budget=2 * small.peak_workspace_bytes, requires_grad=True, strategy=strategy, **kw)
+    p = tiledcorr.plan(shape, dtype=torch.float64, memory_budget=2 * small.peak_workspace_bytes, requires_grad=True,
+                       strategy=strategy, **kw)
     assert p.passes > 4
     fn = lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x1.requires_grad_(), x2.requires_grad_()), fast_mode=True)

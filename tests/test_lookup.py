@@ -5,14 +5,11 @@ from __future__ import annotations
 import doctest
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import tiledcorr
 from tiledcorr.errors import ArgumentTypeError, ArgumentValueError, MemoryBudgetError, ShapeError
 from tiledcorr.execution.lookup import lookup_backward, lookup_forward
 from tiledcorr.tools.measure import peak_memory

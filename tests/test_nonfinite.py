@@ -18,9 +18,10 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.planning.registry import names as _strategy_names
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 PARAMS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch")
 

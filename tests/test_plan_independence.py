@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.reference import correlate_reference
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 
 def random_config(seed: int) -> tuple[tuple[int, ...], dict]:

@@ -17,9 +17,10 @@ import tiledcorr
 from tiledcorr.planning import planner
 from tiledcorr.budget import resolve_budget
 from tiledcorr.execution.engine import workspace_elements
-from tiledcorr.planning.registry import names as _strategy_names
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 CONFIGS = [
     ((4, 128, 96, 96), dict(patch_size=41)),
@@ -245,5 +246,5 @@ def test_refusing_strategies_are_ranked_out_and_their_reasons_listed(monkeypatch
 
 
 def test_unknown_strategy_lists_the_registry():
-    with pytest.raises(tiledcorr.ArgumentValueError, match=r"strategy must be one of \['row_matmul', 'shift', 'tile_matmul'\]"):
+    with pytest.raises(tiledcorr.ArgumentValueError, match=r"strategy must be one of \['row_matmul', 'shift', 'tile_matmul', 'triton'\]"):
         tiledcorr.plan((1, 4, 9, 9), patch_size=5, strategy="fast")

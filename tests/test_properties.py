@@ -17,10 +17,11 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
 import tiledcorr  # noqa: E402
-from tiledcorr.planning.registry import names as _strategy_names  # noqa: E402
 from tiledcorr.reference import correlate_reference  # noqa: E402
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 NORMALIZE = {None: lambda C, K: 1.0, "channels": lambda C, K: 1 / C,
              "kernel_channels": lambda C, K: 1 / (C * K), "sqrt_channels": lambda C, K: 1 / math.sqrt(C)}

@@ -20,14 +20,15 @@ import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.planning.tiling import Tiling
 from tiledcorr.planning.planner import make_geometry, plan_geometry
 from tiledcorr.reductions import REDUCTIONS, sink_cost
 
 from test_nonfinite import CONFIGS, _ids, _inputs, _sprinkle, assert_ieee_equal, ieee_backward, ieee_forward
 
-STRATEGIES = _strategy_names()
+from support import cpu_strategies  # noqa: E402
+
+STRATEGIES = cpu_strategies()
 
 F64 = torch.float64
 TEMPERATURE = 0.7

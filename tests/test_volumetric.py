@@ -17,13 +17,12 @@ import torch
 import torch.nn.functional as F
 
 import tiledcorr
-from tiledcorr.planning.registry import names as _strategy_names
 from tiledcorr.tools.measure import peak_memory
 from tiledcorr.reference import correlate_reference
 
-from support import assert_matches_reference
+from support import assert_matches_reference, cpu_strategies
 
-STRATEGIES = _strategy_names()
+STRATEGIES = cpu_strategies()
 
 F64 = torch.float64
 

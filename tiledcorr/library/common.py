@@ -19,7 +19,7 @@ backward, each under the budget.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 

@@ -39,8 +39,10 @@ class DeviceModel:
 
 
 DEVICE_MODELS = {
-    "cpu": DeviceModel(matmul_flops=1.0e11, bandwidth=4e9, tile_overhead=40e-6, copy_overhead=8e-6, half_size=8, gemm_overhead=3e-6, vector_bytes=64),
-    "cuda": DeviceModel(matmul_flops=4.0e13, bandwidth=1.5e12, tile_overhead=60e-6, copy_overhead=10e-6, half_size=64, gemm_overhead=0.0, vector_bytes=0),
+    "cpu": DeviceModel(matmul_flops=1.0e11, bandwidth=4e9, tile_overhead=40e-6, copy_overhead=8e-6, half_size=8,
+                       gemm_overhead=3e-6, vector_bytes=64),
+    "cuda": DeviceModel(matmul_flops=4.0e13, bandwidth=1.5e12, tile_overhead=60e-6, copy_overhead=10e-6, half_size=64,
+                        gemm_overhead=0.0, vector_bytes=0),
 }
 
 

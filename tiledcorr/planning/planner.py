@@ -273,7 +273,7 @@ def plan_for_tiling(
 @functools.lru_cache(maxsize=512)
 def _cached_plan(
     geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool, strategy: str | None,
-    sink_cost: SinkCost = SinkCost(), per_tile: bool = False,
+    sink_cost: SinkCost = SinkCost(), per_tile: bool = False,  # noqa: B008 - frozen, hashable: a constant
 ) -> Plan:
     model = device_model(device_type)
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
