@@ -25,11 +25,18 @@ from __future__ import annotations
 
 import functools
 import math
+import typing
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
 import torch
 from torch import Tensor
+
+from ..reductions.table import TopK
+
+# TorchScript reads a NamedTuple's field types from ``__annotations__``, which
+# ``from __future__ import annotations`` in its module leaves as strings it cannot resolve.
+TopK.__annotations__ = typing.get_type_hints(TopK)
 
 #: The ``normalize`` options as TorchScript strings ("" is None).
 NORMALIZE_CODES = {None: "", "channels": "channels", "kernel_channels": "kernel_channels", "sqrt_channels": "sqrt_channels"}
