@@ -9,9 +9,11 @@ from torch import nn
 
 from .. import checks
 from ..errors import ArgumentValueError
+from ..library import deploy
+from ..library.deploy import DeployConfig
 from ..typing import BudgetLike
-from ..ops.common import repr_args
-from .flownet import flownet_correlation
+from ..ops.common import Deployable, repr_args
+from .flownet import flownet_config, flownet_correlation
 
 
 def check_corrtorch_args(
@@ -95,7 +97,7 @@ def corr_torch(
     )
 
 
-class CorrTorch(nn.Module):
+class CorrTorch(Deployable, nn.Module):
     """The ``CorrTorch`` Module (same constructor order and defaults); see :func:`corr_torch`.
 
     The arguments are checked when the Module is built, as the original's asserts do.
@@ -123,10 +125,23 @@ class CorrTorch(nn.Module):
         self.memory_budget = memory_budget
 
     def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return deploy.correlate(input1, input2, self._script_params, self._script_normalize, self._script_budget,
+                                    self._script_ndims, True)
+        return self._call(input1, input2)
+
+    @torch.jit.unused
+    def _call(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
         return corr_torch(
             input1, input2, self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
             self.corr_multiply, memory_budget=self.memory_budget,
         )
+
+    def deploy_config(self) -> DeployConfig:
+        check_corrtorch_args(self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
+                             self.corr_multiply)
+        return flownet_config(self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
+                              self.memory_budget)
 
     def extra_repr(self) -> str:
         return repr_args(self, self._ARGS, {"memory_budget": None})

@@ -19,8 +19,11 @@ from torch import nn
 from .. import checks
 from ..errors import ArgumentValueError
 from ..geometry import Geometry
+from ..library import deploy
+from ..library.common import encode_budget
+from ..library.deploy import DeployConfig
 from ..typing import BudgetLike
-from ..ops.common import normalization_scale, prepare_inputs, repr_args
+from ..ops.common import Deployable, normalization_scale, prepare_inputs, repr_args
 from ..ops.correlate import cost_volume
 
 
@@ -66,6 +69,21 @@ def flownet_geometry(
         padding=(pad_size + kr - max_displacement,) * 2, dilation=(1, 1), dilation_patch=(stride2,) * 2,
         out_limit=out_limit,
     )
+
+
+def flownet_config(
+    pad_size: int, kernel_size: int, max_displacement: int, stride1: int, stride2: int, memory_budget: BudgetLike,
+) -> DeployConfig:
+    """:func:`flownet_geometry`'s parameters as scripted, traced and exported code takes them (validated).
+
+    FlowNet's output is the engine's with the end of each dimension padded
+    ``2*kr`` less than its start (``crop``): that makes its ``out_limit`` a
+    function of the input size computed when the operator runs.
+    """
+    kr = (kernel_size - 1) // 2
+    patch = 2 * (max_displacement // stride2) + 1
+    params = ([kernel_size], [patch], [stride1], [pad_size + kr - max_displacement], [1], [stride2], [2 * kr])
+    return DeployConfig(params=params, normalize="kernel_channels", budget=encode_budget(memory_budget), ndims=[2])
 
 
 def flownet_correlation(
@@ -124,6 +142,10 @@ def flownet_correlation(
         torch.Size([1, 441, 48, 64])
     """
     check_flownet_args(pad_size, kernel_size, max_displacement, stride1, stride2, corr_multiply)
+    how = deploy.mode()
+    if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
+        config = flownet_config(pad_size, kernel_size, max_displacement, stride1, stride2, memory_budget)
+        return deploy.run_volume(how, config, input1, input2, True)
     input1, input2 = prepare_inputs(input1, input2, spatial_dims=(2,))
     geometry = flownet_geometry(input1.shape, pad_size, kernel_size, max_displacement, stride1, stride2)
     scale = normalization_scale("kernel_channels", geometry.channels, geometry.kernel_volume)
@@ -131,7 +153,7 @@ def flownet_correlation(
     return out.reshape(geometry.batch, geometry.num_displacements, *geometry.out_size)
 
 
-class FlowNetCorrelation(nn.Module):
+class FlowNetCorrelation(Deployable, nn.Module):
     """FlowNet2's ``Correlation`` Module (same constructor order and defaults); see :func:`flownet_correlation`.
 
     The arguments are checked when the Module is built, so the original's
@@ -161,10 +183,23 @@ class FlowNetCorrelation(nn.Module):
         self.memory_budget = memory_budget
 
     def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return deploy.correlate(input1, input2, self._script_params, self._script_normalize, self._script_budget,
+                                    self._script_ndims, True)
+        return self._call(input1, input2)
+
+    @torch.jit.unused
+    def _call(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
         return flownet_correlation(
             input1, input2, self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
             self.corr_multiply, memory_budget=self.memory_budget,
         )
+
+    def deploy_config(self) -> DeployConfig:
+        check_flownet_args(self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
+                           self.corr_multiply)
+        return flownet_config(self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
+                              self.memory_budget)
 
     def extra_repr(self) -> str:
         return repr_args(self, self._ARGS, {"memory_budget": None})

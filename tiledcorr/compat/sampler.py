@@ -6,8 +6,10 @@ import torch
 from torch import nn
 
 from .. import checks
+from ..library import deploy
+from ..library.deploy import DeployConfig
 from ..typing import BudgetLike, IntOrTuple
-from ..ops.common import repr_args
+from ..ops.common import Deployable, deploy_config, repr_args
 from ..ops.correlate import correlate
 
 
@@ -66,6 +68,11 @@ def spatial_correlation_sample(
         >>> spatial_correlation_sample(x1, x2, 1, 9).shape
         torch.Size([1, 9, 9, 19, 34])
     """
+    how = deploy.mode()
+    if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
+        config = deploy_config((kernel_size, patch_size, stride, padding, dilation, dilation_patch), None,
+                               memory_budget, ndims=(2,))
+        return deploy.run_volume(how, config, input1, input2, False)
     checks.check_inputs(input1, input2, spatial_dims=(2,))
     return correlate(
         input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
@@ -73,7 +80,7 @@ def spatial_correlation_sample(
     )
 
 
-class SpatialCorrelationSampler(nn.Module):
+class SpatialCorrelationSampler(Deployable, nn.Module):
     """``spatial_correlation_sampler.SpatialCorrelationSampler``; see :func:`spatial_correlation_sample`.
 
     Shape:
@@ -100,10 +107,21 @@ class SpatialCorrelationSampler(nn.Module):
         self.memory_budget = memory_budget
 
     def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return deploy.correlate(input1, input2, self._script_params, self._script_normalize, self._script_budget,
+                                    self._script_ndims, False)
+        return self._call(input1, input2)
+
+    @torch.jit.unused
+    def _call(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
         return spatial_correlation_sample(
             input1, input2, self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
             self.dilation_patch, memory_budget=self.memory_budget,
         )
+
+    def deploy_config(self) -> DeployConfig:
+        return deploy_config((self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
+                              self.dilation_patch), None, self.memory_budget, ndims=(2,))
 
     def extra_repr(self) -> str:
         # Every argument of the original (so the repr reads like its constructor call); the budget when set.

@@ -83,13 +83,20 @@ def geometry_of(
     shape: Sequence[int], kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
     dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int],
 ) -> Geometry:
-    """The :class:`Geometry` of inputs of ``shape`` and already validated parameters."""
+    """The :class:`Geometry` of inputs of ``shape`` and already validated parameters.
+
+    Symbolic sizes (``torch.export``'s fake kernels) stay symbolic: ``int()`` would specialise them.
+    """
     return Geometry(
-        batch=int(shape[0]), channels=int(shape[1]), in_size=tuple(int(n) for n in shape[2:]),
+        batch=_size(shape[0]), channels=_size(shape[1]), in_size=tuple(_size(n) for n in shape[2:]),
         kernel=tuple(kernel), patch=tuple(patch), stride=tuple(stride), padding=tuple(padding),
         dilation=tuple(dilation), dilation_patch=tuple(dilation_patch),
         out_limit=tuple(out_limit) if out_limit else None,
     )
+
+
+def _size(n: Any) -> Any:
+    return n if isinstance(n, torch.SymInt) else int(n)
 
 
 def geometry_args(geometry: Geometry) -> tuple[list[int], ...]:

@@ -7,10 +7,12 @@ from torch import nn
 
 from .. import checks
 from ..geometry import Geometry
+from ..library import deploy
 from ..library.common import geometry_args, operator_args
+from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
 from ..typing import BudgetLike, IntOrTuple, Normalize
-from .common import check_plan, normalization_scale, prepare_inputs, repr_args
+from .common import Deployable, check_plan, deploy_config, normalization_scale, prepare_inputs, repr_args
 
 
 def correlate(
@@ -79,8 +81,16 @@ def correlate(
         >>> v1, v2 = torch.randn(1, 16, 8, 12, 12), torch.randn(1, 16, 8, 12, 12)
         >>> correlate(v1, v2, patch_size=5, normalize="channels", flatten=True).shape
         torch.Size([1, 125, 8, 12, 12])
+
+    Under ``torch.jit.trace``, ``torch.export`` and ONNX export this runs as
+    ``docs/deployment.md`` describes (``plan`` is not supported there).
     """
     checks.check_bool("flatten", flatten)
+    how = deploy.mode()
+    if how != "eager":
+        config = deploy_config((kernel_size, patch_size, stride, padding, dilation, dilation_patch), normalize,
+                               memory_budget, plan=plan)
+        return deploy.run_volume(how, config, input1, input2, flatten)
     input1, input2 = prepare_inputs(input1, input2)
     g = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     scale = normalization_scale(normalize, g.channels, g.kernel_volume)
@@ -104,7 +114,7 @@ def cost_volume(
         return torch.ops.tiledcorr.correlate(input1, input2, *geometry_args(geometry), float(scale), budget, tiling)
 
 
-class SpatialCorrelation(nn.Module):
+class SpatialCorrelation(Deployable, nn.Module):
     """Module twin of :func:`correlate`; see the function for the arguments.
 
     Shape:
@@ -131,10 +141,22 @@ class SpatialCorrelation(nn.Module):
         self.normalize, self.flatten, self.memory_budget = normalize, flatten, memory_budget
 
     def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return deploy.correlate(input1, input2, self._script_params, self._script_normalize, self._script_budget,
+                                    self._script_ndims, self.flatten)
+        return self._call(input1, input2)
+
+    @torch.jit.unused
+    def _call(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
         return correlate(
             input1, input2, self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
             self.dilation_patch, normalize=self.normalize, flatten=self.flatten, memory_budget=self.memory_budget,
         )
+
+    def deploy_config(self) -> DeployConfig:
+        checks.check_bool("flatten", self.flatten)
+        return deploy_config((self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
+                              self.dilation_patch), self.normalize, self.memory_budget)
 
     def extra_repr(self) -> str:
         return repr_args(self, self._ARGS, self._DEFAULTS)

@@ -6,18 +6,21 @@ See :mod:`tiledcorr.reductions` for how the volume is reduced without being stor
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal, overload
+import math
+from typing import Any, Literal, Union, overload
 
 import torch
 from torch import nn
 
 from .. import checks, reductions
 from ..errors import ArgumentValueError
+from ..library import deploy
 from ..library.common import geometry_args, operator_args
+from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
 from ..reductions import Reduction, TopK
 from ..typing import BudgetLike, IntOrTuple, Normalize, TensorReductionName
-from .common import check_plan, normalization_scale, prepare_inputs, repr_args
+from .common import Deployable, check_plan, deploy_config, normalization_scale, prepare_inputs, repr_args
 
 
 def check_k(k: Any, spec: Reduction, num_displacements: int) -> int | None:
@@ -144,6 +147,12 @@ def correlate_reduce(
     """
     spec = reductions.get(reduction)
     temperature = check_temperature(temperature)
+    how = deploy.mode()
+    if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
+        config, k = reduce_config((kernel_size, patch_size, stride, padding, dilation, dilation_patch), spec, k, normalize,
+                                  memory_budget, input1.dim() - 2 if isinstance(input1, torch.Tensor) else 2, plan)
+        result, found = deploy.run_reduction(how, config, input1, input2, spec.name, k, temperature)
+        return TopK(result, found) if spec.takes_k else result
     input1, input2 = prepare_inputs(input1, input2)
     geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     k = check_k(k, spec, geometry.num_displacements)
@@ -157,7 +166,15 @@ def correlate_reduce(
     return spec.result(geometry, results)
 
 
-class CorrelationReduce(nn.Module):
+def reduce_config(params: tuple[Any, ...], spec: Reduction, k: Any, normalize: Normalize, memory_budget: BudgetLike,
+                  ndim: int, plan: Any = None) -> tuple[DeployConfig, int]:
+    """``(config, k)`` of a fused reduction for scripted, traced and exported code (``k`` 0 for none), validated."""
+    config = deploy_config(params, normalize, memory_budget, plan=plan)
+    patch = config.params[1] * (ndim if len(config.params[1]) == 1 else 1)
+    return config, check_k(k, spec, math.prod(patch)) or 0
+
+
+class CorrelationReduce(Deployable, nn.Module):
     """Module twin of :func:`correlate_reduce`; see the function for the arguments.
 
     Shape:
@@ -193,12 +210,33 @@ class CorrelationReduce(nn.Module):
         self.reduction, self.k, self.temperature = reductions.get(reduction).name, k, check_temperature(temperature)
         self.normalize, self.memory_budget = normalize, memory_budget
 
-    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor | TopK:
+    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> Union[torch.Tensor, TopK]:
+        if torch.jit.is_scripting():
+            result, found = deploy.correlate_reduce(
+                input1, input2, self._script_params, self._script_normalize, self._script_budget, self._script_ndims,
+                self.reduction, self._script_k, self.temperature)
+            if self.reduction == "topk":
+                return TopK(result, found)
+            return result
+        return self._call(input1, input2)
+
+    @torch.jit.unused
+    def _call(self, input1: torch.Tensor, input2: torch.Tensor) -> Union[torch.Tensor, TopK]:
         return correlate_reduce(
             input1, input2, self.kernel_size, self.patch_size, self.stride, self.padding, self.dilation,
             self.dilation_patch, reduction=self.reduction, k=self.k, temperature=self.temperature,
             normalize=self.normalize, memory_budget=self.memory_budget,
         )
+
+    def deploy_config(self) -> DeployConfig:
+        spec = reductions.get(self.reduction)
+        check_temperature(self.temperature)
+        # The patch's number of displacements bounds k: with an int patch_size it depends on the input's
+        # dimensions, so k is checked against the smaller (2-D) count here and again when the Module runs eagerly.
+        config, self._script_k = reduce_config((self.kernel_size, self.patch_size, self.stride, self.padding,
+                                                self.dilation, self.dilation_patch), spec, self.k, self.normalize,
+                                               self.memory_budget, 2)
+        return config
 
     def extra_repr(self) -> str:
         return repr_args(self, self._ARGS, self._DEFAULTS)
