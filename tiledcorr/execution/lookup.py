@@ -271,9 +271,9 @@ def lookup_backward(grad: torch.Tensor, fmap1: torch.Tensor, fmap2: torch.Tensor
             if need_fmap2:
                 torch.mul(grid_row.transpose(1, 2), rows.view(t, 1, channels), out=gathered.view(t, side * side, channels))
                 ws.grad_pyramid.index_add_(0, index, gathered)
-        if need_fmap1:
+        if grad1 is not None:  # need_fmap1
             grad1[tile.b, :, tile.ys, tile.xs].copy_(rows_grad.view(tile.rows, tile.cols, channels).permute(2, 0, 1))
-    if need_fmap2:
+    if grad2 is not None:  # need_fmap2
         _pooling_adjoint(ws, plan, levels)
         grad2.copy_(levels[0].interior(ws.grad_pyramid, plan.fmap_shape[0]).permute(0, 3, 1, 2))
     return grad1, grad2

@@ -9,12 +9,15 @@ problem against each other, not to predict wall time.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from ..geometry import Geometry
 from .tiling import TileDims
+
+#: A tile size: one per candidate tiling (an array), or one scalar (a sum's length ``K``).
+_Size = TypeVar("_Size", np.ndarray, float)
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class DeviceModel:
     gemm_overhead: float  # seconds per matmul of a batched matmul (torch loops over the batch)
     vector_bytes: int  # bytes per SIMD vector / cache line; tiles' last dimension runs best in whole ones (0: no such effect)
 
-    def efficiency(self, size: np.ndarray) -> np.ndarray:
+    def efficiency(self, size: _Size) -> _Size:
         """Matmul efficiency along one dimension of ``size`` elements."""
         return size / (size + self.half_size)
 

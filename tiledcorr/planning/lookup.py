@@ -94,9 +94,9 @@ def lookup_buffers(
         parts ``(T, S)``, and per position coordinates, floors, weights and
         window origins ``(T,)``; in the backward also the fmap1 rows' gradient.
     """
-    batch, channels = int(fmap_shape[0]), int(fmap_shape[1])
+    batch, channels, height, width = (int(n) for n in fmap_shape)
     side, k = window_side(radius), 2 * radius + 1
-    rows = batch * sum(math.prod(padded_size(s, radius)) for s in level_sizes(*fmap_shape[2:], num_levels))
+    rows = batch * sum(math.prod(padded_size(s, radius)) for s in level_sizes(height, width, num_levels))
     acc, t = compute_dtype(dtype), int(tile_positions)
     fixed = [Buffer("offsets", (side,), torch.int64, False)]
     if not backward or need_fmap1:  # the backward needs the pyramid's values only for fmap1's gradient
@@ -281,8 +281,8 @@ def plan_lookup(
         >>> p.tile_rows, p.tile_cols, p.workspace_forward_bytes <= 256 * 2**20
         (8, 240, True)
     """
-    shape = check_shape("fmap_shape", fmap_shape, spatial_dims=(2,))
-    batch, channels, height, width = shape
+    batch, channels, height, width = check_shape("fmap_shape", fmap_shape, spatial_dims=(2,))
+    shape = (batch, channels, height, width)
     if coords_shape is not None:
         coords = check_shape("coords_shape", coords_shape, spatial_dims=(2,))
         if coords != (batch, 2, height, width):

@@ -57,6 +57,26 @@ class Strategy:
                  grad2: torch.Tensor | None) -> None:
         raise NotImplementedError
 
+    # Execution of a whole plan, only when runs_whole_plan (see tiledcorr.strategies.triton for the contract).
+    def volume_forward(self, x1: torch.Tensor, x2: torch.Tensor, out: torch.Tensor, geometry: Geometry,
+                       scale: float) -> None:
+        raise NotImplementedError
+
+    def volume_backward(self, grad_out: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
+                        grad1: torch.Tensor | None, grad2: torch.Tensor | None, geometry: Geometry,
+                        scale: float) -> None:
+        raise NotImplementedError
+
+    def reduce_forward(self, reduction: str, x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, scale: float,
+                       k: int | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def reduce_backward(self, reduction: str, grad: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor,
+                        results: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grad1: torch.Tensor | None,
+                        grad2: torch.Tensor | None, geometry: Geometry, scale: float, k: int | None,
+                        temperature: float) -> None:
+        raise NotImplementedError
+
 
 _REGISTRY: dict[str, Strategy] = {}
 

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import ArgumentValueError
 from ..execution import nonfinite
 from ..execution.engine import run_forward
 from ..execution.retry import with_oom_retry
@@ -15,10 +16,10 @@ from ..execution.volume import backward_inputs, fused_or_per_tile
 from ..planning import registry
 from ..planning.planner import Plan
 from ..planning.registry import Strategy
-from .table import Reduction
+from .table import Reduction, ReductionSink
 
 
-def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[bool], Sink]) -> Sink:
+def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[bool], ReductionSink]) -> ReductionSink:
     """Run the plan into a fresh sink (fresh again on an out-of-memory retry) and return it.
 
     ``make_sink(nan_aware)`` builds the sink; ``nan_aware`` is set when the
@@ -27,7 +28,7 @@ def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: flo
     g = plan.geometry
     finite = g.channels == 0 or nonfinite.all_finite(input1, input2)
 
-    def attempt(p: Plan) -> Sink:
+    def attempt(p: Plan) -> ReductionSink:
         sink = make_sink(not finite)
         if g.channels == 0:
             # Sums over no channels: the volume is 0 everywhere (the engine needs C > 0).
@@ -62,6 +63,8 @@ def reduce_backward(
     temperature: float, need1: bool, need2: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Both input gradients from the gradient of the reduction's first result (``None`` where not needed)."""
+    if reduction.grad_source is None:  # autograd never asks: such a reduction's results are not differentiable
+        raise ArgumentValueError(f"reduction {reduction.name!r} has no gradient")
     source, present = reduction.grad_source(plan.geometry, results, grad, temperature, plan.compute_dtype)
 
     def whole_plan(strategy: Strategy, grad1: torch.Tensor | None, grad2: torch.Tensor | None) -> None:

@@ -11,7 +11,7 @@ function all read this table; nothing dispatches on a reduction's name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol, TypedDict
 
 import torch
 
@@ -26,6 +26,12 @@ from .indices import index_to_displacement
 from .sinks import MaxSink, SoftArgmaxSink, TopKSink
 
 Results = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class ReductionSink(Sink, Protocol):
+    """A reduction's sink: it folds bands into a running result kept in ``dtype`` (the compute dtype)."""
+
+    dtype: torch.dtype
 
 
 class TopK(NamedTuple):
@@ -62,7 +68,7 @@ class Reduction:
 
     name: str
     takes_k: bool
-    make_sink: Callable[[Geometry, torch.dtype, torch.device, Any, float, bool], Sink]
+    make_sink: Callable[[Geometry, torch.dtype, torch.device, Any, float, bool], ReductionSink]
     cost: Callable[[int, Any, int], SinkCost]
     finish: Callable[[Any, torch.dtype], Results]
     fake: Callable[[Geometry, torch.Tensor, int], Results]
@@ -105,12 +111,23 @@ def _softargmax_source(geometry: Geometry, results: Results, grad: torch.Tensor,
     return softargmax_grad(geometry, m, z, expectation, grad, temperature), None
 
 
-def _max_sink(g: Geometry, dtype: torch.dtype, device: torch.device, k: Any, temperature: float, nan_aware: bool) -> Sink:
+def _max_sink(g: Geometry, dtype: torch.dtype, device: torch.device, k: Any, temperature: float,
+              nan_aware: bool) -> ReductionSink:
     return MaxSink(g, dtype, device)
 
 
-_MAX = dict(takes_k=False, make_sink=_max_sink, cost=lambda elem, k, ndim: MaxSink.cost(elem),
-            finish=_selected, fake=_selected_fake)
+class _Shared(TypedDict):
+    """The fields that ``max`` and ``argmax`` share (one sink, two public results)."""
+
+    takes_k: bool
+    make_sink: Callable[[Geometry, torch.dtype, torch.device, Any, float, bool], ReductionSink]
+    cost: Callable[[int, Any, int], SinkCost]
+    finish: Callable[[Any, torch.dtype], Results]
+    fake: Callable[[Geometry, torch.Tensor, int], Results]
+
+
+_MAX = _Shared(takes_k=False, make_sink=_max_sink, cost=lambda elem, k, ndim: MaxSink.cost(elem),
+               finish=_selected, fake=_selected_fake)
 
 #: Every reduction, by name.
 REDUCTIONS: dict[str, Reduction] = {r.name: r for r in (

@@ -214,6 +214,7 @@ class RowMatmul(Strategy):
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
         K = len(ctx.offsets) * g.channels
         if grad1 is not None:
+            assert x2 is not None  # gathered above exactly when grad1 is needed
             g1 = ctx.ws.view("g1", tile.batch, rows.rows, K, rows.cols)
             for b in range(tile.batch):
                 torch.bmm(RowMatmul._rhs(x2, rows, b), gy[b].transpose(1, 2), out=g1[b])
@@ -227,6 +228,7 @@ class RowMatmul(Strategy):
         if stacked:
             RowMatmul._grad2_stacked(ctx, tile, gy, extent, rows, grad2)
         elif grad2 is not None:
+            assert x1 is not None  # gathered above exactly when grad2 is needed and not stacked
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_()
             per_row = rows.columns // rows.lead_disp  # one lead displacement's block: J2..J(N-1) x EN
             for b in range(tile.batch):

@@ -80,9 +80,10 @@ class Shift(Strategy):
         g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent).zero_() if grad2 is not None else None
         for k, jj in enumerate(itertools.product(*(range(j) for j in tile.displacements))):
             weight = band[:, :, :, k]
-            if g1 is not None:
+            # x2 is gathered exactly when g1 is needed, x1 when g2 is.
+            if g1 is not None and x2 is not None:
                 g1.addcmul_(_shifted(x2, g, tile, jj), weight)
-            if g2 is not None:
+            if g2 is not None and x1 is not None:
                 _shifted(g2, g, tile, jj).addcmul_(x1, weight)
         if g1 is not None:
             ctx.scatter_g1(grad1, tile, g1)

@@ -29,7 +29,7 @@ from ..planning.tiling import TileDims
 try:
     from . import triton_kernels as kernels
 except Exception as exc:  # noqa: BLE001 - ImportError, or a triton that cannot initialise here
-    kernels = None
+    kernels = None  # type: ignore[assignment]  # mypy types the name as the module; refusal() reports it missing, so no plan reaches the kernels
     _UNAVAILABLE = f"triton is not available ({type(exc).__name__}: {exc}); pip install tiledcorr[triton]"
 else:
     _UNAVAILABLE = ""
