@@ -19,7 +19,7 @@ from torch import nn
 from .. import checks
 from ..errors import ArgumentValueError
 from ..geometry import Geometry
-from ..library import deploy
+from ..library import deploy, dispatch
 from ..library.common import encode_budget
 from ..library.deploy import DeployConfig
 from ..typing import BudgetLike
@@ -145,7 +145,7 @@ def flownet_correlation(
     how = deploy.mode()
     if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
         config = flownet_config(pad_size, kernel_size, max_displacement, stride1, stride2, memory_budget)
-        return deploy.run_volume(how, config, input1, input2, True)
+        return dispatch.run_volume(how, config, input1, input2, True)
     input1, input2 = prepare_inputs(input1, input2, spatial_dims=(2,))
     geometry = flownet_geometry(input1.shape, pad_size, kernel_size, max_displacement, stride1, stride2)
     scale = normalization_scale("kernel_channels", geometry.channels, geometry.kernel_volume)

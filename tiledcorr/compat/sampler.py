@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import checks
-from ..library import deploy
+from ..library import deploy, dispatch
 from ..library.deploy import DeployConfig
 from ..typing import BudgetLike, IntOrTuple
 from ..ops.common import Deployable, deploy_config, repr_args
@@ -72,7 +72,7 @@ def spatial_correlation_sample(
     if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
         config = deploy_config((kernel_size, patch_size, stride, padding, dilation, dilation_patch), None,
                                memory_budget, ndims=(2,))
-        return deploy.run_volume(how, config, input1, input2, False)
+        return dispatch.run_volume(how, config, input1, input2, False)
     checks.check_inputs(input1, input2, spatial_dims=(2,))
     return correlate(
         input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch,

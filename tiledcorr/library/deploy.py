@@ -199,25 +199,3 @@ def mode() -> str:
     if torch.compiler.is_exporting():
         return "export"
     return "eager"
-
-
-def run_volume(how: str, config: DeployConfig, input1: Tensor, input2: Tensor, flatten: bool) -> Tensor:
-    """The cost volume, as a public function computes it when :func:`mode` is not ``"eager"``."""
-    if how == "onnx":
-        from .export import correlate_decomposed  # noqa: PLC0415  (the ONNX decomposition, only when exporting)
-
-        return correlate_decomposed(input1, input2, config, flatten)
-    fn = scripted(correlate) if how == "trace" else correlate
-    return fn(input1, input2, list(config.params), config.normalize, config.budget, config.ndims, flatten)
-
-
-def run_reduction(how: str, config: DeployConfig, input1: Tensor, input2: Tensor, reduction: str, k: int,
-                  temperature: float) -> Tuple[Tensor, Tensor]:
-    """A fused reduction's ``(result, displacements)`` (see :func:`correlate_reduce`) outside eager mode."""
-    if how == "onnx":
-        from .export import correlate_reduce_decomposed  # noqa: PLC0415
-
-        return correlate_reduce_decomposed(input1, input2, config, reduction, k, temperature)
-    fn = scripted(correlate_reduce) if how == "trace" else correlate_reduce
-    return fn(input1, input2, list(config.params), config.normalize, config.budget, config.ndims, reduction, k,
-              temperature)

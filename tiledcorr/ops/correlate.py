@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import checks
 from ..geometry import Geometry
-from ..library import deploy
+from ..library import deploy, dispatch
 from ..library.common import geometry_args, operator_args
 from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
@@ -90,7 +90,7 @@ def correlate(
     if how != "eager":
         config = deploy_config((kernel_size, patch_size, stride, padding, dilation, dilation_patch), normalize,
                                memory_budget, plan=plan)
-        return deploy.run_volume(how, config, input1, input2, flatten)
+        return dispatch.run_volume(how, config, input1, input2, flatten)
     input1, input2 = prepare_inputs(input1, input2)
     g = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     scale = normalization_scale(normalize, g.channels, g.kernel_volume)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .. import checks, reductions
 from ..errors import ArgumentValueError
-from ..library import deploy
+from ..library import deploy, dispatch
 from ..library.common import geometry_args, operator_args
 from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
@@ -151,7 +151,7 @@ def correlate_reduce(
     if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
         config, k = reduce_config((kernel_size, patch_size, stride, padding, dilation, dilation_patch), spec, k, normalize,
                                   memory_budget, input1.dim() - 2 if isinstance(input1, torch.Tensor) else 2, plan)
-        result, found = deploy.run_reduction(how, config, input1, input2, spec.name, k, temperature)
+        result, found = dispatch.run_reduction(how, config, input1, input2, spec.name, k, temperature)
         return TopK(result, found) if spec.takes_k else result
     input1, input2 = prepare_inputs(input1, input2)
     geometry = make_geometry(input1.shape, input2.shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
