@@ -1,11 +1,12 @@
 """Compile every Triton kernel ahead of time for real GPUs and print its resources (no GPU needed).
 
-For each kernel variant (kernel x dtype x shipped block config), and each
+For each kernel variant (kernel x dtype x block config shipped for that dtype), and each
 target (sm_80, sm_86, sm_89, sm_90), ``triton.compile`` runs the full pipeline
 down to a cubin with the ptxas shipped in the triton wheel; ``cuobjdump
 -res-usage`` (also shipped) then reads the cubin's registers per thread and
 local memory (spills go to local memory, so 0 bytes means no spills), and
-``metadata.shared`` gives the shared memory per program.
+``metadata.shared`` gives the shared memory per program, checked against
+:data:`SHARED_LIMIT` (the most one block may use on each target).
 
 Usage::
 
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARCHS = (80, 86, 89, 90)
 DTYPES = ("fp16", "bf16", "fp32")
+#: Largest shared memory per block (opt-in), bytes: A100 163 KB, sm_86/sm_89 99 KB, H100 227 KB.
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 
 _POINTER_ARGS = {
     # kernel -> {argument: "in" (input dtype) | other pointer type}
@@ -73,27 +76,36 @@ class Variant:
     label: str  # config and mode, for the table
     constexprs: tuple  # ((name, value), ...)
     num_warps: int
+    num_stages: int = 3
+
+
+def config_tag(cfg) -> str:
+    """A block config as the table writes it, e.g. ``BW16 BR32 BC32 w8 s3``."""
+    return f"BW{cfg.bw} BR{cfg.br} BC{cfg.bc} w{cfg.num_warps} s{cfg.num_stages}"
 
 
 def variants(dtypes=DTYPES) -> list[Variant]:
-    """Every specialisation the module can launch: each kernel, dtype and shipped block config."""
+    """Every specialisation the module can launch: each kernel, dtype and block config shipped for it."""
+    import torch
+
     tk = load_module()
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     out = []
     for dtype in dtypes:
         precisions = ("ieee", "tf32") if dtype == "fp32" else ("ieee",)
-        for cfg in tk.BLOCK_CONFIGS:
+        for cfg in tk.BLOCK_CONFIGS[torch_dtype[dtype]]:
             for precision in precisions:
                 blocks = dict(BW=cfg.bw, BR=cfg.br, BC=cfg.bc, PRECISION=precision, UPCAST=False)
-                tag = f"BW{cfg.bw} BR{cfg.br} BC{cfg.bc} w{cfg.num_warps}" + (" tf32" if precision == "tf32" else "")
+                tag = config_tag(cfg) + (" tf32" if precision == "tf32" else "")
 
                 def add(kernel, label, **extra):
                     out.append(Variant(kernel, dtype, f"{tag} {label}".strip(),
-                                       tuple(sorted({**blocks, **extra}.items())), cfg.num_warps))
+                                       tuple(sorted({**blocks, **extra}.items())), cfg.num_warps, cfg.num_stages))
 
                 add("_volume_fwd_kernel", "")
                 add("_dense_bwd_kernel", "volume", SOFT=False, HAS_G1=True, HAS_G2=True)
                 add("_dense_bwd_kernel", "softargmax", SOFT=True, HAS_G1=True, HAS_G2=True)
-                add("_select_fwd_kernel", "max (KP1)", KP=1)
+                add("_select_fwd_kernel", f"max (KP{tk._top_slots(1)})", KP=tk._top_slots(1))
                 add("_select_fwd_kernel", "topk KP8", KP=8)
                 add("_softargmax_fwd_kernel", "")
         out.append(Variant("_select_bwd_kernel", dtype, f"BW{tk._SELECT_BW} BC{tk._SELECT_BC} w4", tuple(sorted(
@@ -141,7 +153,8 @@ def compile_variant(variant: Variant, arch: int) -> Resources:
     fn = getattr(tk, variant.kernel)
     constexprs = dict(variant.constexprs)
     src = triton.compiler.ASTSource(fn, signature=_signature(fn, variant), constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": variant.num_warps})
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": variant.num_warps,
+                                                                                "num_stages": variant.num_stages})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
@@ -160,14 +173,23 @@ def main(argv=None) -> None:
     import triton
 
     archs = tuple(args.arch or ARCHS)
-    print(f"triton {triton.__version__}; registers per thread, local (spill) bytes, shared bytes per program\n")
+    print(f"triton {triton.__version__}; registers per thread, local (spill) bytes, shared bytes per program "
+          f"(config: BW x BR block, BC channels per step, w warps, s pipeline stages)\n")
     print("| kernel | dtype | config | arch | regs | spills (local B) | shared B |")
     print("|---|---|---|---|---|---|---|")
+    summary = {arch: [0, 0, 0, 0] for arch in archs}  # max regs, variants spilling, max shared, over the limit
     for variant in variants(tuple(args.dtype or DTYPES)):
         for arch in archs:
             r = compile_variant(variant, arch)
+            s = summary[arch]
+            s[0], s[1] = max(s[0], r.regs), s[1] + (r.local_bytes > 0)
+            s[2], s[3] = max(s[2], r.shared_bytes), s[3] + (r.shared_bytes > SHARED_LIMIT[arch])
             print(f"| {variant.kernel.strip('_')} | {variant.dtype} | {variant.label} | sm_{arch} | {r.regs} "
                   f"| {r.local_bytes} | {r.shared_bytes} |", flush=True)
+    print("\n| arch | max regs | variants spilling | max shared B | shared limit B | variants over it |")
+    print("|---|---|---|---|---|---|")
+    for arch, (regs, spilling, shared, over) in summary.items():
+        print(f"| sm_{arch} | {regs} | {spilling} | {shared} | {SHARED_LIMIT[arch]} | {over} |")
 
 
 if __name__ == "__main__":

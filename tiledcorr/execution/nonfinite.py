@@ -99,7 +99,7 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     same numbers. One pass, no temporary of the tensor's size, one host sync.
     """
     sums = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors if t.numel()]
-    return not sums or bool(torch.isfinite(sum(sums)))
+    return not sums or bool(torch.isfinite(sum(sums[1:], start=sums[0])))
 
 
 class Indicators:
@@ -142,10 +142,12 @@ class _TileCode:
         self.code: torch.Tensor | None = None
 
     def get(self, tile: Tile) -> torch.Tensor:
-        if tile is not self.tile:
+        code = self.code
+        if tile is not self.tile or code is None:  # (the code is None only before the first tile)
             self.tile = tile
-            self.code = torch.zeros((tile.batch, *tile.displacements, *tile.positions), dtype=torch.uint8, device=self.device)
-        return self.code
+            code = self.code = torch.zeros((tile.batch, *tile.displacements, *tile.positions), dtype=torch.uint8,
+                                           device=self.device)
+        return code
 
 
 class _MarkSink:
@@ -204,7 +206,8 @@ def _exact_problems(
     code = _TileCode(x1.device)
     live = [(bit, pair) for bit, pairs in _KINDS for pair in _live_pairs(left, right, pairs)]
     n = _stack_size(plan, len(live))
-    problems, sinks = [], []
+    problems: list[tuple[torch.Tensor, torch.Tensor, Geometry, float]] = []
+    sinks: list[Sink] = []
     for bit, _ in _KINDS:
         kind = [pair for b, pair in live if b == bit]
         for i in range(0, len(kind), n):

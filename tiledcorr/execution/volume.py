@@ -95,6 +95,8 @@ def backward_inputs(
         grad1 = torch.zeros(input1.shape, dtype=acc_dtype, device=input1.device) if need1 else None
         grad2 = torch.zeros(input2.shape, dtype=acc_dtype, device=input2.device) if need2 else None
         if fused is not None and not g.is_empty:
+            if whole_plan is None:
+                raise TypeError("backward_inputs: a gradient source run by a whole-plan strategy needs whole_plan=")
             whole_plan(fused, grad1, grad2)
         elif ieee:  # zero padding is not exact for NaN and Inf
             nonfinite.run_backward(input1, input2, p, grad1, grad2, grad_source, scale=scale, upstream_present=present)

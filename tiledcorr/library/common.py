@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from ..budget import resolve_budget
+from ..errors import ArgumentValueError
 from ..geometry import Geometry
 from ..planning.costs import SinkCost
 from ..planning.planner import Plan, plan_for_tiling, plan_geometry, quantized_budget
@@ -65,6 +66,14 @@ def decode_budget(encoded: str) -> BudgetLike:
         return None
     kind, _, text = encoded.partition(":")
     return {"i": int, "f": float, "s": str}[kind](text)
+
+
+def _tiling_budget(encoded: str) -> int:
+    """The bytes of the budget that comes with a user's tiling, encoded ``"i:<bytes>"`` (:func:`operator_args`)."""
+    kind, _, text = encoded.partition(":")
+    if kind != "i":
+        raise ArgumentValueError(f"budget must be 'i:<bytes>' when a tiling is given, got {encoded!r}")
+    return int(text)
 
 
 def encode_tiling(tiling: Tiling) -> str:
@@ -131,7 +140,7 @@ def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tili
     if plan is None:
         if tiling:
             plan = plan_for_tiling(geometry, decode_tiling(tiling), dtype=input1.dtype, device_type=device.type,
-                                   budget_bytes=int(decode_budget(budget)), requires_grad=requires_grad,
+                                   budget_bytes=_tiling_budget(budget), requires_grad=requires_grad,
                                    sink_cost=sink_cost)
         else:
             plan = plan_geometry(geometry, dtype=input1.dtype, device=device, memory_budget=decode_budget(budget),

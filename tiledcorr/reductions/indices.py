@@ -74,10 +74,10 @@ def index_to_displacement(geometry: Geometry, index: torch.Tensor, dim: int) -> 
     out = None if compiling else torch.empty(shape, dtype=torch.long, device=index.device)
     parts = []
     for d in range(geometry.ndim):
-        part = torch.div(index, strides[d], rounding_mode="floor") if compiling else torch.div(
+        part = torch.div(index, strides[d], rounding_mode="floor") if out is None else torch.div(
             index, strides[d], rounding_mode="floor", out=out.select(dim, d))
         parts.append(part.remainder_(geometry.patch[d]).sub_(geometry.radius[d]).mul_(geometry.dilation_patch[d]))
-    return torch.stack(parts, dim=dim) if compiling else out
+    return torch.stack(parts, dim=dim) if out is None else out
 
 
 

@@ -10,7 +10,6 @@ from ..errors import ArgumentValueError
 from ..execution import nonfinite
 from ..execution.engine import run_forward
 from ..execution.retry import with_oom_retry
-from ..execution.sinks import Sink
 from ..execution.tiles import iter_tiles
 from ..execution.volume import backward_inputs, fused_or_per_tile
 from ..planning import registry
@@ -19,7 +18,8 @@ from ..planning.registry import Strategy
 from .table import Reduction, ReductionSink
 
 
-def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, make_sink: Callable[[bool], ReductionSink]) -> ReductionSink:
+def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float,
+              make_sink: Callable[[bool], ReductionSink]) -> ReductionSink:
     """Run the plan into a fresh sink (fresh again on an out-of-memory retry) and return it.
 
     ``make_sink(nan_aware)`` builds the sink; ``nan_aware`` is set when the

@@ -82,33 +82,28 @@ _SELECT_BC = 16  # channels per step there
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """One shipped block shape.
+    """One shipped block shape and its compile options.
 
     Attributes:
         bw: output columns per program (the M of the forward ``tl.dot``), a power of two >= 16.
         br: input2 lattice points per region (its N), a power of two >= 16.
         bc: channels per ``tl.dot`` step (its K), >= 16.
         num_warps: warps per program.
+        num_stages: software-pipelining stages of the channel loops (shared memory grows with them).
     """
 
     bw: int
     br: int
     bc: int = 32
     num_warps: int = 4
+    num_stages: int = 3
 
     def displacements_per_block(self, patch_w: int, m: int) -> int:
         """``BP``: horizontal displacements one region holds (< 1: the lattice step is too wide)."""
         return min(patch_w, self.br - (self.bw - 1) * m)
 
 
-#: The block shapes shipped, every one compiled by the ahead-of-time tests.
-#: :func:`choose_config` picks one per geometry by a fixed rule (no autotuning:
-#: autotuning needs a GPU and a synchronising benchmark at the first call).
-#: Warps: 8, and 16 for the 4096-entry tiles, which is where ptxas keeps every
-#: kernel free of spills on sm_90 (4 warps spill the backward's band tiles, 32
-#: warps cap registers at 64). A 16 x 256 block spilled at any warp count, so the
-#: widest lattice step is 8 (a 16 x 128 block).
-BLOCK_CONFIGS: tuple[BlockConfig, ...] = (
+_HALF_CONFIGS: tuple[BlockConfig, ...] = (
     BlockConfig(16, 32, num_warps=8),
     BlockConfig(16, 64, num_warps=8),
     BlockConfig(32, 64, num_warps=8),
@@ -116,23 +111,55 @@ BLOCK_CONFIGS: tuple[BlockConfig, ...] = (
     BlockConfig(32, 128, num_warps=16),
     BlockConfig(64, 128, num_warps=16),
 )
+_FLOAT_CONFIGS: tuple[BlockConfig, ...] = (
+    BlockConfig(16, 32, num_warps=4, num_stages=2),
+    BlockConfig(16, 64, bc=16, num_warps=8),
+    BlockConfig(32, 64, num_warps=8),
+    BlockConfig(16, 128, num_warps=8, num_stages=2),
+)
+
+#: The block configs shipped per input dtype, every one compiled by the
+#: ahead-of-time tests (tests/test_triton_aot.py, profiling/triton_resources.py).
+#: :func:`choose_config` picks one per geometry by a fixed rule (no autotuning:
+#: autotuning needs a GPU and a synchronising benchmark at the first call).
+#: Each entry is where ptxas (triton 3.6) keeps every kernel free of spills on
+#: sm_90 and the shared memory within every target's (99 KB on sm_86/89):
+#:
+#: * float16/bfloat16: 8 warps, and 16 for the 4096-entry tiles (4 warps spill
+#:   the backward's band tiles, 32 warps cap registers at 64).
+#: * float32: no 32 x 128 or 64 x 128 block (their reductions spill at any warp
+#:   count, channel block and stage count tried, and 64 x 128 needs up to 131 KB
+#:   of shared memory); 16 x 128 holds the same displacements per region with
+#:   less padding, so the rule never prefers them on work. Smaller tiles take
+#:   fewer warps/stages or a 16-channel step where that removes the spills.
+#:
+#: A 16 x 256 block spilled at any warp count, so the widest lattice step is 8
+#: (a 16 x 128 block).
+BLOCK_CONFIGS: dict[torch.dtype, tuple[BlockConfig, ...]] = {
+    torch.float16: _HALF_CONFIGS,
+    torch.bfloat16: _HALF_CONFIGS,
+    torch.float32: _FLOAT_CONFIGS,
+}
 
 
-def choose_config(patch_w: int, stride_w: int, dilation_patch_w: int) -> BlockConfig:
-    """The shipped block for one geometry: least padded tensor-core work, then the widest.
+def choose_config(patch_w: int, stride_w: int, dilation_patch_w: int,
+                  dtype: torch.dtype = torch.float16) -> BlockConfig:
+    """The shipped block for one geometry and dtype: least padded tensor-core work, then the widest.
 
     Per output column and vertical displacement a config computes
     ``ceil(PW / BP) * BR`` products per channel, of which ``PW`` are used; the
-    rule takes the config minimising that, and among equals the largest ``BW``
-    (fewer programs, more reuse of each input1 tile).
+    rule takes the config of ``BLOCK_CONFIGS[dtype]`` minimising that, and
+    among equals the largest ``BW`` (fewer programs, more reuse of each input1 tile).
 
     Raises:
         ValueError: the lattice step ``m = sW / gcd(sW, dpW)`` is wider than
-            every config holds (see :func:`supports`).
+            every config holds (see :func:`supports`), or ``dtype`` is not shipped.
     """
+    if dtype not in BLOCK_CONFIGS:
+        raise ValueError(f"dtype must be one of {tuple(BLOCK_CONFIGS)}, got {dtype}")
     m = stride_w // math.gcd(stride_w, dilation_patch_w)
     best = None
-    for cfg in BLOCK_CONFIGS:
+    for cfg in BLOCK_CONFIGS[dtype]:
         bp = cfg.displacements_per_block(patch_w, m)
         if bp < 1:
             continue
@@ -148,7 +175,8 @@ def choose_config(patch_w: int, stride_w: int, dilation_patch_w: int) -> BlockCo
 
 
 def _max_lattice_step() -> int:
-    return max((c.br - 1) // (c.bw - 1) for c in BLOCK_CONFIGS)
+    """The widest lattice step every dtype's configs hold (the same for all of them)."""
+    return min(max((c.br - 1) // (c.bw - 1) for c in configs) for configs in BLOCK_CONFIGS.values())
 
 
 def _interpreting() -> bool:
@@ -236,7 +264,7 @@ class _Launch:
 
     def meta(self) -> dict:
         return dict(BW=self.cfg.bw, BR=self.cfg.br, BC=self.cfg.bc, PRECISION=self.precision,
-                    UPCAST=self.upcast, num_warps=self.cfg.num_warps)
+                    UPCAST=self.upcast, num_warps=self.cfg.num_warps, num_stages=self.cfg.num_stages)
 
 
 def _pair(name: str, value) -> tuple[int, int]:
@@ -270,7 +298,7 @@ def _launch(x1: torch.Tensor, patch, stride, padding, dilation_patch, config: Bl
         )
     g = math.gcd(sW, dpW)
     t, m = dpW // g, sW // g
-    cfg = choose_config(PW, sW, dpW) if config is None else config
+    cfg = choose_config(PW, sW, dpW, x1.dtype) if config is None else config
     bp = cfg.displacements_per_block(PW, m)
     if bp < 1:
         raise ValueError(f"config {config} cannot hold lattice step {m} (stride {sW}, dilation_patch {dpW})")
@@ -729,8 +757,18 @@ def reduce_forward(x1: torch.Tensor, x2: torch.Tensor, *, reduction: str, k: int
             values.zero_()
             index.copy_(torch.arange(K, device=dev).view(1, K, 1, 1).expand_as(index))
         else:
-            _select_fwd_kernel[grid](x1, x2, values, index, *common, K, KP=triton.next_power_of_2(K), **L.meta())
+            _select_fwd_kernel[grid](x1, x2, values, index, *common, K, KP=_top_slots(K), **L.meta())
     return values, index
+
+
+def _top_slots(k: int) -> int:
+    """``KP``: the running top-k's width, a power of two >= 2.
+
+    One slot (max/argmax) would be as exact, but ptxas spills the KP = 1
+    selection of the 16 x 32 block on sm_90; the spare slot only ever holds
+    the empty key and is never stored.
+    """
+    return max(2, triton.next_power_of_2(k))
 
 
 def _soft_argmax_of_zeros(L: _Launch, E, mx, zn, temperature, scale) -> None:

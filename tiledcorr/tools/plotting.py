@@ -59,33 +59,36 @@ def plot_sweep(rows: Sequence[SweepRow], title: str, path: str | Path) -> Path:
         ArgumentValueError: no row has a measurement.
     """
     plt = import_pyplot()
-    done = sorted((r for r in rows if r.result is not None), key=lambda r: r.plan.budget_bytes)
+    # Rows with a measurement (they have a plan too), as (plan, result) pairs.
+    done = sorted(((r.plan, r.result) for r in rows if r.plan is not None and r.result is not None),
+                  key=lambda pair: pair[0].budget_bytes)
     if not done:
         raise ArgumentValueError("no budget of the sweep could be planned (all too small): nothing to plot")
-    budgets = [r.plan.budget_bytes for r in done]
+    plans, results = [plan for plan, _ in done], [result for _, result in done]
+    budgets = [p.budget_bytes for p in plans]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
 
-    median = [r.result.measurement.median for r in done]
-    low = [m - r.result.measurement.spread[0] for m, r in zip(median, done)]
-    high = [r.result.measurement.spread[1] - m for m, r in zip(median, done)]
+    median = [r.measurement.median for r in results]
+    low = [m - r.measurement.spread[0] for m, r in zip(median, results)]
+    high = [r.measurement.spread[1] - m for m, r in zip(median, results)]
     ax_t.errorbar(budgets, median, yerr=[low, high], fmt="o", color="C0", capsize=4, label="measured median (min-max)")
     # The cost model only ranks tilings; its own axis keeps its scale from reading as a time prediction.
     ax_c = ax_t.twinx()
-    ax_c.plot(budgets, [r.plan.predicted_seconds for r in done], "--", color="0.5")
+    ax_c.plot(budgets, [p.predicted_seconds for p in plans], "--", color="0.5")
     ax_c.set_ylabel("cost model estimate (relative)", color="0.4")
-    ax_c.set_ylim(0, 1.35 * max(r.plan.predicted_seconds for r in done))  # headroom for the legend
+    ax_c.set_ylim(0, 1.35 * max(p.predicted_seconds for p in plans))  # headroom for the legend
     ax_t.plot([], [], "--", color="0.5", label="cost model (right axis)")
-    _label_points(ax_t, budgets, median, [f"{r.plan.passes} tiles" for r in done])
+    _label_points(ax_t, budgets, median, [f"{p.passes} tiles" for p in plans])
     ax_t.set_ylabel("time per call (s)")
-    ax_t.set_ylim(0, 1.35 * max(r.result.measurement.spread[1] for r in done))
+    ax_t.set_ylim(0, 1.35 * max(r.measurement.spread[1] for r in results))
 
-    ax_m.plot(budgets, [r.result.predicted_peak_bytes for r in done], "-", color="C1", label="predicted peak")
-    peaks = [r.result.measurement.peak_bytes for r in done]
+    ax_m.plot(budgets, [r.predicted_peak_bytes for r in results], "-", color="C1", label="predicted peak")
+    peaks = [r.measurement.peak_bytes for r in results]
     ax_m.plot(budgets, peaks, "o", color="C1", label="measured peak")
     _label_points(ax_m, budgets, peaks, [format_bytes(p) for p in peaks])
-    ax_m.plot(budgets, [r.result.returned_bytes + b for r, b in zip(done, budgets)], ":", color="0.4",
+    ax_m.plot(budgets, [r.returned_bytes + b for r, b in zip(results, budgets)], ":", color="0.4",
               label="bound: returned + budget")
-    ax_m.plot(budgets, [r.result.returned_bytes for r in done], "--", color="0.6", label="returned tensors alone")
+    ax_m.plot(budgets, [r.returned_bytes for r in results], "--", color="0.6", label="returned tensors alone")
     ax_m.set_yscale("log", base=2)
     _bytes_axis(ax_m.yaxis)
     ax_m.set_ylabel("peak memory above the inputs")
