@@ -51,7 +51,7 @@ def main(argv=None) -> int:
             f"B=4, C=128, 96x96, patch 41, float32 on {args.device} ({cpu}), measured {time.strftime('%Y-%m-%d')} with "
             "`python profiling/planner_memory.py`. Workspace = peak allocated during the call minus what it returns "
             "(the output; with the backward also the two input gradients and not the output gradient, which exists before). "
-            "CPU peaks are the RSS high-water mark of a fresh process (see `tiledcorr/measure.py`).\n\n"
+            "CPU peaks are the RSS high-water mark of a fresh process (see `tiledcorr/tools/measure.py`).\n\n"
             + "\n".join(lines) + "\n")
     (ROOT / "docs" / "memory.md").write_text(text)
     print(text)

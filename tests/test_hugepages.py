@@ -1,4 +1,4 @@
-"""Huge-page advice for large fresh CPU tensors (tiledcorr.hugepages)."""
+"""Huge-page advice for large fresh CPU tensors (tiledcorr.execution.hugepages)."""
 
 from __future__ import annotations
 

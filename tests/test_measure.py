@@ -1,4 +1,4 @@
-"""tiledcorr.measure: what a CPU peak counts."""
+"""tiledcorr.tools.measure: what a CPU peak counts."""
 
 from __future__ import annotations
 

@@ -216,6 +216,8 @@ def test_supports_and_refusals():
     assert tk.supports(device=cuda, stride=(1, 16), dilation_patch=(1, 2), **kw) is None  # m = 8
     with pytest.raises(ValueError, match="lattice step"):
         tk.choose_config(3, 9, 1)
+    with pytest.raises(ValueError, match="dtype must be"):
+        tk.choose_config(3, 1, 1, torch.float64)
     for reduction in ("max", "argmax", "topk", "softargmax"):
         assert tk.reduction_supported(reduction) is None
     assert tk.reduction_supported("mean") is not None
@@ -228,15 +230,29 @@ def test_compiled_kernels_refuse_cpu_tensors():
     assert reason == "CPU tensors without TRITON_INTERPRET=1"
 
 
-@pytest.mark.parametrize("patch_w", [1, 2, 5, 9, 21, 41, 81, 201])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("patch_w", [1, 2, 5, 9, 21, 41, 65, 81, 201])
 @pytest.mark.parametrize("stride_w, dilation_w", [(1, 1), (1, 2), (2, 1), (2, 4), (3, 2), (4, 1), (8, 1), (16, 2)])
-def test_block_choice_fits_and_is_shipped(patch_w, stride_w, dilation_w):
-    cfg = tk.choose_config(patch_w, stride_w, dilation_w)
-    assert cfg in tk.BLOCK_CONFIGS
+def test_block_choice_fits_and_is_shipped(patch_w, stride_w, dilation_w, dtype):
+    cfg = tk.choose_config(patch_w, stride_w, dilation_w, dtype)
+    assert cfg in tk.BLOCK_CONFIGS[dtype]
     m = stride_w // math.gcd(stride_w, dilation_w)
     bp = cfg.displacements_per_block(patch_w, m)
     assert 1 <= bp <= patch_w and (cfg.bw - 1) * m + bp <= cfg.br
     assert min(cfg.bw, cfg.br, cfg.bc) >= 16  # hardware dot shapes
+
+
+@pytest.mark.parametrize("patch_w", [1, 9, 33, 49, 65, 97, 113, 129])
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+def test_float32_blocks_cost_no_more_work_than_the_half_ones(patch_w, m):
+    """float32 ships fewer blocks (the widest spill); the padded work per column stays the same."""
+    def work(cfg):
+        return -(-patch_w // cfg.displacements_per_block(patch_w, m)) * cfg.br
+
+    half = tk.choose_config(patch_w, m, 1, torch.float16)
+    single = tk.choose_config(patch_w, m, 1, torch.float32)
+    assert work(single) == work(half)
+    assert single.bw <= half.bw
 
 
 def test_tf32_only_when_allowed():
