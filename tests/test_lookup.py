@@ -17,7 +17,6 @@ from tiledcorr.planning import lookup as planning
 from tiledcorr.planning.lookup import plan_lookup
 from tiledcorr.ops import lookup as ops
 from tiledcorr.reference import raft_corr_block_reference
-import tiledcorr
 from tiledcorr import CorrBlock, CorrelationLookup, correlate_lookup
 
 
@@ -350,13 +349,3 @@ def test_doctests():
     for module in (ops, planning):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0
-
-
-def test_plan_with_lookup_is_the_lookup_plan():
-    via_plan = tiledcorr.plan((2, 16, 20, 24), lookup=(3, 2), memory_budget="1MiB", requires_grad=True)
-    direct = plan_lookup((2, 16, 20, 24), num_levels=3, radius=2, memory_budget="1MiB", requires_grad=True)
-    assert via_plan == direct and "all-pairs" in str(via_plan).lower()
-    with pytest.raises(ArgumentValueError, match="patch_size|strategy|do not apply"):
-        tiledcorr.plan((2, 16, 20, 24), lookup=(3, 2), strategy="row_matmul")
-    with pytest.raises(ArgumentValueError, match=r"lookup must be \(num_levels, radius\)"):
-        tiledcorr.plan((2, 16, 20, 24), lookup=3)

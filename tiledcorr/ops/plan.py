@@ -10,7 +10,6 @@ from .. import checks, reductions
 from ..errors import ArgumentValueError
 from ..geometry import Geometry
 from ..planning.costs import SinkCost
-from ..planning.lookup import LookupPlan, plan_lookup
 from ..planning.planner import Plan, make_geometry, plan_geometry
 from .correlate_reduce import check_k
 
@@ -27,9 +26,8 @@ def plan(
     strategy: str | None = None,
     reduction: str | None = None,
     k: int | None = None,
-    lookup: Sequence[int] | None = None,
-) -> Plan | LookupPlan:
-    """Plan a correlation (or a RAFT-style look-up) from shapes alone.
+) -> Plan:
+    """Plan a correlation from shapes alone.
 
     Args:
         input1_shape: ``(B, C, H, W)`` (or ``(B, C, D, H, W)`` for volumes).
@@ -48,19 +46,9 @@ def plan(
             per-tile temporaries counted against the budget: the plan it makes
             itself for that budget. ``None``: the cost volume of :func:`tiledcorr.correlate`.
         k: the number of values ``"topk"`` keeps.
-        lookup: ``(num_levels, radius)``: plan :func:`tiledcorr.correlate_lookup`
-            (:class:`tiledcorr.CorrBlock`) on feature maps of ``input1_shape``
-            instead; the result is a :class:`tiledcorr.LookupPlan`, which also
-            prints what RAFT's all-pairs pyramid would need. The correlation's
-            parameters, ``strategy``, ``reduction`` and ``k`` do not apply.
 
     Returns:
-        The fastest :class:`Plan` that fits (see the module docstring), or a
-        :class:`tiledcorr.LookupPlan` with ``lookup``.
-
-    Example:
-        >>> plan((1, 256, 136, 240), lookup=(4, 4), memory_budget="256MiB").all_pairs_bytes > 2**32
-        True
+        The fastest :class:`Plan` that fits (see the module docstring).
 
     Raises:
         MemoryBudgetError: not even the smallest tile fits; the message states
@@ -68,9 +56,6 @@ def plan(
         ArgumentValueError: an unknown ``reduction``, a ``k`` it does not take,
             or ``requires_grad=True`` with ``"argmax"`` (which has no gradient).
     """
-    if lookup is not None:
-        return _plan_lookup(input1_shape, input2_shape, lookup, dtype, device, memory_budget, requires_grad,
-                            strategy=strategy, reduction=reduction, k=k)
     geometry = make_geometry(input1_shape, input2_shape, kernel_size, patch_size, stride, padding, dilation, dilation_patch)
     sink_cost = None
     if reduction is not None or k is not None:
@@ -78,21 +63,6 @@ def plan(
     return plan_geometry(geometry, dtype=dtype, device=device, memory_budget=memory_budget, requires_grad=requires_grad,
                          strategy=strategy, sink_cost=sink_cost)
 
-
-
-def _plan_lookup(input1_shape: Sequence[int], input2_shape: Sequence[int] | None, lookup: Any, dtype: torch.dtype,
-                 device: torch.device | str, memory_budget: Any, requires_grad: bool, **unused: Any) -> LookupPlan:
-    """``plan(..., lookup=(num_levels, radius))``: the look-up's plan."""
-    given = [name for name, value in unused.items() if value is not None]
-    if given:
-        raise ArgumentValueError(f"lookup= plans the RAFT look-up; {', '.join(given)} do not apply to it")
-    if not isinstance(lookup, (tuple, list)) or len(lookup) != 2:
-        raise ArgumentValueError(f"lookup must be (num_levels, radius), got {checks.show(lookup)}")
-    if input2_shape is not None and tuple(input2_shape) != tuple(input1_shape):
-        raise ArgumentValueError(f"fmap1 and fmap2 must have the same shape, got {tuple(input1_shape)} and {tuple(input2_shape)}")
-    num_levels, radius = lookup
-    return plan_lookup(input1_shape, num_levels=num_levels, radius=radius, dtype=dtype, device=device,
-                       memory_budget=memory_budget, requires_grad=requires_grad)
 
 
 def _reduction_cost(reduction: Any, k: Any, geometry: Geometry, dtype: torch.dtype, requires_grad: Any) -> SinkCost:
