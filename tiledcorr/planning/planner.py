@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from .. import checks
-from ..budget import format_bytes, free_memory, resolve_budget
+from ..budget import format_bytes, free_memory, is_relative, resolve_budget
 from ..dtypes import compute_dtype, element_size
 from ..errors import ArgumentTypeError, ArgumentValueError, MemoryBudgetError, ShapeError
-from ..geometry import Geometry, count_spans
+from ..geometry import Geometry, check_sizes, count_spans
 from . import registry
 from .costs import CostTerms, DeviceModel, SinkCost, device_model
 from .tiling import TileDims, Tiling, positions_per_dim, total_elements
@@ -178,7 +178,7 @@ def make_geometry(
     if input2_shape is not None and checks.check_shape("input2_shape", input2_shape) != shape1:
         raise ShapeError(f"input1 and input2 must have the same shape, got {shape1} and {tuple(input2_shape)}")
     n = len(shape1) - 2
-    return Geometry(
+    geometry = Geometry(
         batch=shape1[0], channels=shape1[1], in_size=shape1[2:],
         kernel=checks.as_tuple("kernel_size", kernel_size, n, minimum=1),
         patch=checks.as_tuple("patch_size", patch_size, n, minimum=1),
@@ -187,6 +187,8 @@ def make_geometry(
         dilation=checks.as_tuple("dilation", dilation, n, minimum=1),
         dilation_patch=checks.as_tuple("dilation_patch", dilation_patch, n, minimum=1),
     )
+    check_sizes(geometry)
+    return geometry
 
 
 
@@ -220,7 +222,7 @@ def _quantized_budget(memory_budget: Any, device: torch.device) -> int:
     Free memory changes between calls; rounding keeps the plan cache effective.
     """
     budget = resolve_budget(memory_budget, device)
-    if memory_budget is None or isinstance(memory_budget, float):
+    if is_relative(memory_budget):
         unit = 1 << max(0, budget.bit_length() - 4)
         budget = max(unit, budget // unit * unit)
     return budget
@@ -256,6 +258,8 @@ def plan_for_tiling(
         raise ArgumentValueError(f"plan.budget_bytes must be a positive int, got {checks.show(budget_bytes)}")
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
     sink_cost = sink_cost or SinkCost()
+    if geometry.no_tiles:
+        return _empty_plan(geometry, dtype, device_type, budget_bytes, requires_grad, tiling, sink_cost)
     dims = TileDims.of_tiling(geometry, tiling)
     fwd_bytes, bwd_bytes = _workspace(strategy, dims, sink_cost, elem, _accumulator_bytes(geometry, dtype))
     fwd_s, bwd_s = _seconds(strategy, dims, device_model(device_type), elem)
@@ -279,6 +283,10 @@ def _cached_plan(
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
     grads = _accumulator_bytes(geometry, dtype)
     grids = _candidate_grids(geometry, dtype, device_type, elem, model, strategy)
+    if geometry.no_tiles:
+        N = geometry.ndim
+        tiling = Tiling(grids[0].strategy.name, 1, (1,) * N, (1,) * N)
+        return _empty_plan(geometry, dtype, device_type, budget, requires_grad, tiling, sink_cost)
 
     def score(grid: _CandidateGrid, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """Candidates ``rows`` of one strategy: the workspace they need and their seconds."""
@@ -327,6 +335,22 @@ def _cached_plan(
     )
 
 
+def _empty_plan(geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool,
+                tiling: Tiling, sink_cost: SinkCost) -> Plan:
+    """The plan of a problem where no tile runs (B = 0 or an empty output): no workspace.
+
+    The engine returns an empty result without running a tile, so such a
+    problem fits any budget, whatever its parameters (a kernel larger than
+    the image, of any size).
+    """
+    return Plan(
+        geometry=geometry, dtype=dtype, device_type=device_type, tiling=tiling,
+        budget_bytes=budget, forward_workspace_bytes=0, backward_workspace_bytes=0,
+        output_bytes=math.prod(geometry.out_shape) * element_size(dtype), naive_bytes=_naive_bytes(geometry, element_size(dtype)),
+        predicted_seconds=0.0, requires_grad=requires_grad, sink_cost=sink_cost,
+    )
+
+
 def _workspace(strategy: registry.Strategy, dims: TileDims, sink_cost: SinkCost, elem: int,
                grads: int) -> tuple[np.ndarray, np.ndarray]:
     """Bytes of the forward's and the backward's temporaries: the strategy's buffers, the sink's, the accumulators."""
@@ -360,11 +384,12 @@ def _tile_counts(geometry: Geometry, dims: TileDims) -> tuple[np.ndarray, np.nda
     N, U, J = geometry.ndim, dims.U, dims.J
     blocks = np.ones(len(dims))
     for d in range(N):
-        lattice = geometry.lattice(d)
-        counts = [lattice.positions_per_class(geometry.out_size[d], r) for r in range(lattice.step)]
-        per_class = sum(np.ceil(n_r / U[:, d]) for n_r in counts)
+        # Closed form (Lattice.blocks): o = a*t + b, b classes of a + 1 positions and t - b of a.
+        t, o = geometry.lattice(d).step, geometry.out_size[d]
+        a, b = divmod(o, t)
+        per_class = b * np.ceil((a + 1) / U[:, d]) + (t - b) * np.ceil(a / U[:, d])
         blocks *= per_class * np.ceil(geometry.patch[d] / J[:, d])
-    last_share = sum(counts) / U[:, N - 1] / np.maximum(per_class, 1)  # last dimension: positions / full tiles
+    last_share = o / U[:, N - 1] / np.maximum(per_class, 1)  # last dimension: positions / full tiles
     tiles = blocks * np.ceil(max(geometry.batch, 1) / dims.Bt)
     return tiles, tiles * last_share
 
