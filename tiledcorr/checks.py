@@ -8,6 +8,7 @@ reaches a kernel that could crash or read out of bounds.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -52,7 +53,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
         ArgumentValueError: wrong length, or an element below ``minimum``.
     """
     if _is_int(value):
-        items = (int(value),) * ndim
+        items = (operator.index(value),) * ndim
     elif isinstance(value, (tuple, list, torch.Size)):
         if not all(_is_int(v) for v in value):
             raise ArgumentTypeError(
@@ -63,7 +64,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
                 f"{name} must be an int or a tuple of {ndim} ints (one per spatial "
                 f"dimension), got {show(value)} of length {len(value)}"
             )
-        items = tuple(int(v) for v in value)
+        items = tuple(operator.index(v) for v in value)
     else:
         raise ArgumentTypeError(
             f"{name} must be an int or a tuple of {ndim} ints, got {show(value, typed=True)}"
@@ -71,20 +72,49 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
     if any(v < minimum for v in items):
         expected = "positive" if minimum == 1 else f">= {minimum}"
         raise ArgumentValueError(f"{name} must be {expected}, got {show(value)}")
+    _check_int64(name, items, value)
     return items
 
 
+#: Largest int a parameter may take: torch carries sizes as int64.
+INT64_MAX = 2**63 - 1
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer: ``int`` or anything with ``__index__`` (``numpy.int64``, a 0-d integer tensor...), bool excluded.
+
+    The originals take such values (pybind11 and Python arithmetic both call ``__index__``).
+    """
+    if isinstance(value, (bool, float)) or getattr(value, "dtype", None) == torch.bool:
+        return False
+    if isinstance(value, int):
+        return True
+    if type(value).__name__ == "bool_":  # numpy.bool_ has __index__ too
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_int64(name: str, items: Sequence[int], value: Any) -> None:
+    if any(v > INT64_MAX for v in items):
+        raise ArgumentValueError(f"{name} must fit in int64 (at most 2**63 - 1), got {show(value)}")
 
 
 def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """Check a scalar int argument (FlowNet's ``kernel_size``, ``stride1``...)."""
+    """Check a scalar int argument (FlowNet's ``kernel_size``, ``stride1``...); returns a Python int.
+
+    Any ``__index__`` integer (``numpy.int64``...) is accepted, bool is not.
+    """
     if not _is_int(value):
         raise ArgumentTypeError(f"{name} must be an int, got {show(value, typed=True)}")
+    value = operator.index(value)
     if value < minimum:
         raise ArgumentValueError(f"{name} must be >= {minimum}, got {show(value)}")
-    return int(value)
+    _check_int64(name, (value,), value)
+    return value
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -106,10 +136,10 @@ def check_shape(name: str, value: Any, *, spatial_dims: Sequence[int] = (2, 3)) 
             f"{name} must be a tuple of ints (B, C, *spatial), got {show(value, typed=True)}"
         )
     shape = tuple(value)
-    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and v >= 0 for v in shape):
+    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and 0 <= operator.index(v) <= INT64_MAX for v in shape):
         expected = " or ".join(f"{d + 2}" for d in spatial_dims)
-        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial), got {show(value)}")
-    return shape
+        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial) that fit in int64, got {show(value)}")
+    return tuple(operator.index(v) for v in shape)
 
 
 def check_dtype(name: str, value: Any) -> torch.dtype:

@@ -19,6 +19,8 @@ def check_corrtorch_args(
 ) -> None:
     """Accept exactly what the original accepts (it asserts these in its constructor).
 
+    ``numpy.int64`` and other ``__index__`` integers are accepted as ints.
+
     Raises:
         ArgumentTypeError: an argument is not an int (``corr_multiply``: not a number).
         ArgumentValueError: ``kernel_size``, ``stride1`` or ``stride2`` is not 1,
@@ -30,7 +32,7 @@ def check_corrtorch_args(
                 f"CorrTorch supports only {name}=1 (the original asserts it), got {value!r}; "
                 "use tiledcorr.flownet_correlation for other values"
             )
-    checks.check_int("max_displacement", max_displacement, minimum=0)
+    max_displacement = checks.check_int("max_displacement", max_displacement, minimum=0)
     if checks.check_int("pad_size", pad_size, minimum=0) != max_displacement:
         raise ArgumentValueError(
             f"CorrTorch requires pad_size == max_displacement (the original asserts it), got "
