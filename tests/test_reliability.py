@@ -242,3 +242,53 @@ def test_planning_for_cuda_without_cuda_is_a_device_error(monkeypatch):
     with pytest.raises(tiledcorr.DeviceError):
         tiledcorr.plan((1, 2, 6, 6), device="cuda", memory_budget=0.5)
     assert tiledcorr.plan((1, 2, 6, 6), device="cuda", memory_budget="1GiB").device_type == "cuda"
+
+
+# --------------------------------------------------------------------------- 1: a user's Plan is checked, field by field
+
+
+def _forgeries():
+    """``(name, plan)``: plans for (2, 2, 6, 6), patch 3, each with one field forged."""
+    import dataclasses
+
+    from tiledcorr.geometry import Geometry
+    from tiledcorr.planning.tiling import Tiling
+
+    p = tiledcorr.plan((2, 2, 6, 6), patch_size=3)
+    g = p.geometry
+    tilings = {
+        "negative batch tile": Tiling("tile_matmul", -1, (2, 2), (3, 3)),
+        "zero tile": Tiling("tile_matmul", 1, (0, 2), (3, 3)),
+        "short tile": Tiling("tile_matmul", 1, (2,), (3, 3)),
+        "bool tile": Tiling("tile_matmul", True, (2, 2), (3, 3)),
+        "float tile": Tiling("tile_matmul", 1, (2.0, 2), (3, 3)),
+        "list tile": Tiling("tile_matmul", 1, [2, 2], (3, 3)),
+        "unknown strategy": Tiling("fast", 1, (2, 2), (3, 3)),
+        "strategy not a name": Tiling(3, 1, (2, 2), (3, 3)),
+        "huge tile": Tiling("tile_matmul", 1, (2**64, 2), (3, 3)),
+    }
+    forged = [(name, dataclasses.replace(p, tiling=t)) for name, t in tilings.items()]
+    forged += [
+        ("tiling not a Tiling", dataclasses.replace(p, tiling=("tile_matmul", 1, (2, 2), (3, 3)))),
+        ("geometry not a Geometry", dataclasses.replace(p, geometry=(2, 2, 6, 6))),
+        ("other geometry, same shape", dataclasses.replace(p, geometry=dataclasses.replace(g, dilation_patch=(2, 2)))),
+        ("other dtype", dataclasses.replace(p, dtype=torch.float64)),
+        ("other device", dataclasses.replace(p, device_type="cuda")),
+        ("bool budget", dataclasses.replace(p, budget_bytes=True)),
+        ("float budget", dataclasses.replace(p, budget_bytes=1.5)),
+        ("zero budget", dataclasses.replace(p, budget_bytes=0)),
+    ]
+    assert isinstance(g, Geometry)
+    return forged
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _forgeries()])
+def test_forged_plans_raise_a_typed_error(name):
+    plan_ = dict(_forgeries())[name]
+    x1, x2 = torch.randn(2, 2, 6, 6, requires_grad=True), torch.randn(2, 2, 6, 6)
+    with pytest.raises(TiledCorrError, match="plan"):
+        tiledcorr.correlate(x1, x2, patch_size=3, plan=plan_)
+    with pytest.raises(TiledCorrError, match="plan"):
+        tiledcorr.correlate_reduce(x1, x2, patch_size=3, reduction="softargmax", plan=plan_)
+    with pytest.raises(TiledCorrError, match="plan"):
+        tiledcorr.correlate_reduce(x1, x2, patch_size=3, reduction="topk", k=2, plan=plan_)

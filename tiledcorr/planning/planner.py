@@ -109,7 +109,16 @@ class Plan:
         return max(self.forward_workspace_bytes, self.backward_workspace_bytes if self.requires_grad else 0)
 
     def check_fits(self, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
-        """Raise if this plan was made for other shapes, parameters, dtype or device."""
+        """Raise if this plan was made for other shapes, parameters, dtype or device, or if a field is forged.
+
+        A :class:`Plan` is public and a dataclass, so ``dataclasses.replace``
+        can put anything in it: every field an operator uses is checked here
+        (the tiling and the budget by :func:`check_tiling` and
+        :func:`check_budget_bytes`), the others are recomputed when it runs.
+        """
+        if not isinstance(self.geometry, Geometry):
+            raise ArgumentTypeError(f"plan.geometry must be a Geometry, got {checks.show(self.geometry, typed=True)}; "
+                                    "make plans with tiledcorr.plan()")
         if geometry != self.geometry:
             raise ArgumentValueError(
                 f"plan was made for {_describe(self.geometry)}, but the inputs and "
@@ -120,6 +129,8 @@ class Plan:
                 f"plan was made for dtype {self.dtype} on {self.device_type}, but the inputs "
                 f"are {dtype} on {torch.device(device).type}"
             )
+        check_tiling(self.tiling, geometry.ndim)
+        check_budget_bytes(self.budget_bytes)
 
     def __str__(self) -> str:
         g, t = self.geometry, self.tiling
@@ -240,22 +251,12 @@ def plan_for_tiling(
             or tile sizes that are not positive ints, one per dimension.
         ArgumentTypeError: ``tiling`` is not a :class:`Tiling`.
     """
-    if not isinstance(tiling, Tiling):
-        raise ArgumentTypeError(f"plan.tiling must be a tiledcorr Tiling, got {checks.show(tiling, typed=True)}")
+    check_tiling(tiling, geometry.ndim)
     strategy = registry.get(tiling.strategy)
     reason = strategy.refusal(geometry, dtype, device_type)
     if reason is not None:
         raise ArgumentValueError(f"plan's strategy {tiling.strategy!r} cannot run {_describe(geometry)}: {reason}")
-    N = geometry.ndim
-    for name, value, length in (("batch_tile", (tiling.batch_tile,), 1), ("tile", tiling.tile, N), ("disp_tile", tiling.disp_tile, N)):
-        if (not isinstance(value, tuple) or len(value) != length
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-            shown = value[0] if name == "batch_tile" and isinstance(value, tuple) and len(value) == 1 else value
-            raise ArgumentValueError(
-                f"plan.tiling.{name} must be {'a positive int' if length == 1 else f'{length} positive ints'}, "
-                f"got {checks.show(shown)}; make plans with tiledcorr.plan()")
-    if not isinstance(budget_bytes, int) or budget_bytes < 1:
-        raise ArgumentValueError(f"plan.budget_bytes must be a positive int, got {checks.show(budget_bytes)}")
+    check_budget_bytes(budget_bytes)
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
     sink_cost = sink_cost or SinkCost()
     if geometry.no_tiles:
@@ -272,6 +273,38 @@ def plan_for_tiling(
         predicted_seconds=float(fwd_s[0] + (bwd_s[0] if requires_grad else 0.0)), requires_grad=requires_grad,
         sink_cost=sink_cost,
     )
+
+
+def check_tiling(tiling: Any, ndim: int) -> None:
+    """Check a (user's) tiling field by field: a :class:`Tiling` of a strategy name and positive ints.
+
+    Python ints exactly (no bool, no float): the tiling is carried to the
+    operators as text, and each size is a tile's extent.
+
+    Raises:
+        ArgumentTypeError: ``tiling`` is not a :class:`Tiling`, or its strategy is not a name.
+        ArgumentValueError: a tile size that is not a positive int, or not one per dimension.
+    """
+    if not isinstance(tiling, Tiling):
+        raise ArgumentTypeError(f"plan.tiling must be a tiledcorr Tiling, got {checks.show(tiling, typed=True)}")
+    if not isinstance(tiling.strategy, str):
+        raise ArgumentTypeError(f"plan.tiling.strategy must be a strategy name, got {checks.show(tiling.strategy, typed=True)}")
+    if tiling.strategy not in registry.names():
+        raise ArgumentValueError(f"plan.tiling.strategy must be one of {registry.names()}, got {tiling.strategy!r}")
+    for name, value, length in (("batch_tile", (tiling.batch_tile,), 1), ("tile", tiling.tile, ndim),
+                                ("disp_tile", tiling.disp_tile, ndim)):
+        if (not isinstance(value, tuple) or len(value) != length
+                or not all(type(v) is int and 1 <= v <= checks.INT64_MAX for v in value)):
+            shown = value[0] if name == "batch_tile" and isinstance(value, tuple) and len(value) == 1 else value
+            raise ArgumentValueError(
+                f"plan.tiling.{name} must be {'a positive int' if length == 1 else f'{length} positive ints'}, "
+                f"got {checks.show(shown)}; make plans with tiledcorr.plan()")
+
+
+def check_budget_bytes(budget_bytes: Any) -> None:
+    """A plan's ``budget_bytes``: a positive Python int (it is carried to the operators as text)."""
+    if type(budget_bytes) is not int or budget_bytes < 1:
+        raise ArgumentValueError(f"plan.budget_bytes must be a positive int, got {checks.show(budget_bytes, typed=True)}")
 
 
 @functools.lru_cache(maxsize=512)
