@@ -53,7 +53,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
         ArgumentValueError: wrong length, or an element below ``minimum``.
     """
     if _is_int(value):
-        items = (operator.index(value),) * ndim
+        items = (_as_int(value),) * ndim
     elif isinstance(value, (tuple, list, torch.Size)):
         if not all(_is_int(v) for v in value):
             raise ArgumentTypeError(
@@ -64,7 +64,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
                 f"{name} must be an int or a tuple of {ndim} ints (one per spatial "
                 f"dimension), got {show(value)} of length {len(value)}"
             )
-        items = tuple(operator.index(v) for v in value)
+        items = tuple(_as_int(v) for v in value)
     else:
         raise ArgumentTypeError(
             f"{name} must be an int or a tuple of {ndim} ints, got {show(value, typed=True)}"
@@ -85,17 +85,24 @@ def _is_int(value: Any) -> bool:
 
     The originals take such values (pybind11 and Python arithmetic both call ``__index__``).
     """
-    if isinstance(value, (bool, float)) or getattr(value, "dtype", None) == torch.bool:
+    if isinstance(value, bool):
         return False
-    if isinstance(value, int):
+    if isinstance(value, (int, torch.SymInt)):  # first: torch.compile traces sizes as SymInts
         return True
-    if type(value).__name__ == "bool_":  # numpy.bool_ has __index__ too
+    if isinstance(value, (float, torch.SymFloat)) or type(value).__name__ == "bool_":  # numpy.bool_ has __index__
+        return False
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
         return False
     try:
         operator.index(value)
     except TypeError:
         return False
     return True
+
+
+def _as_int(value: Any) -> Any:
+    """An :func:`_is_int` value as a Python int (a SymInt stays symbolic)."""
+    return value if isinstance(value, torch.SymInt) else operator.index(value)
 
 
 def _check_int64(name: str, items: Sequence[int], value: Any) -> None:
@@ -110,7 +117,7 @@ def check_int(name: str, value: Any, *, minimum: int) -> int:
     """
     if not _is_int(value):
         raise ArgumentTypeError(f"{name} must be an int, got {show(value, typed=True)}")
-    value = operator.index(value)
+    value = _as_int(value)
     if value < minimum:
         raise ArgumentValueError(f"{name} must be >= {minimum}, got {show(value)}")
     _check_int64(name, (value,), value)
@@ -136,10 +143,10 @@ def check_shape(name: str, value: Any, *, spatial_dims: Sequence[int] = (2, 3)) 
             f"{name} must be a tuple of ints (B, C, *spatial), got {show(value, typed=True)}"
         )
     shape = tuple(value)
-    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and 0 <= operator.index(v) <= INT64_MAX for v in shape):
+    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and 0 <= _as_int(v) <= INT64_MAX for v in shape):
         expected = " or ".join(f"{d + 2}" for d in spatial_dims)
         raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial) that fit in int64, got {show(value)}")
-    return tuple(operator.index(v) for v in shape)
+    return tuple(_as_int(v) for v in shape)
 
 
 def check_dtype(name: str, value: Any) -> torch.dtype:
@@ -193,6 +200,7 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
                 f"{name} must be {expected} (B, C, *spatial), got shape "
                 f"{tuple(x.shape)} ({x.dim()}-D)"
             )
+        check_not_transformed(name, x)
         if x.device.type == "meta":
             raise DeviceError(
                 f"{name} is on the meta device, which holds no data; use "
@@ -215,9 +223,35 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
 
 
 def check_real(name: str, value: Any) -> float:
-    """Check a finite real scalar (a temperature, a scale)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check a finite real scalar (a temperature, a scale).
+
+    Written with comparisons only (no ``math.isfinite``), so that
+    ``torch.compile(dynamic=True, fullgraph=True)`` traces it with a symbolic float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
         raise ArgumentTypeError(f"{name} must be a real number, got {show(value)}")
-    if not math.isfinite(value):
+    if not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # False for NaN and for +-inf
         raise ArgumentValueError(f"{name} must be finite, got {show(value)}")
-    return float(value)
+    return value if isinstance(value, (float, torch.SymFloat)) else float(value)
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def check_not_transformed(name: str, value: torch.Tensor) -> None:
+    """Refuse a tensor wrapped by a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``...).
+
+    tiledcorr's operators are differentiable through ``torch.autograd``
+    (``backward``, ``torch.autograd.grad``), under ``torch.compile`` and
+    ``torch.export``; torch's custom-operator autograd does not support the
+    functorch transforms, which would fail deep inside torch.
+    """
+    if torch.compiler.is_compiling():
+        return
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    if wrapped is not None and wrapped(value):
+        raise ArgumentTypeError(
+            f"{name} is a tensor inside a torch.func transform (grad, vmap, jacrev, jvp...), which tiledcorr "
+            "does not support; differentiate with torch.autograd instead (loss.backward() or "
+            "torch.autograd.grad(loss, inputs)), which also works under torch.compile"
+        )

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..budget import resolve_budget
-from ..geometry import Geometry
+from ..geometry import Geometry, check_sizes
 from ..planning.costs import SinkCost
 from ..planning.planner import Plan, plan_for_tiling, plan_geometry
 from ..planning.tiling import Tiling
@@ -106,7 +106,12 @@ def operator_args(plan: Plan | None, memory_budget: BudgetLike) -> tuple[str, st
 
 def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, requires_grad: bool,
                      sink_cost: SinkCost | None = None) -> Plan:
-    """The plan an operator runs: a user's tiling (every field checked), or the planner's for the budget."""
+    """The plan an operator runs: a user's tiling (every field checked), or the planner's for the budget.
+
+    The geometry's sizes are checked here too (:func:`~tiledcorr.geometry.check_sizes`):
+    under ``torch.compile`` this is the first time they are concrete.
+    """
+    check_sizes(geometry)
     if tiling:
         return plan_for_tiling(geometry, decode_tiling(tiling), dtype=input1.dtype, device_type=input1.device.type,
                                budget_bytes=int(decode_budget(budget)), requires_grad=requires_grad, sink_cost=sink_cost)

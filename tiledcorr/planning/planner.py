@@ -198,7 +198,8 @@ def make_geometry(
         dilation=checks.as_tuple("dilation", dilation, n, minimum=1),
         dilation_patch=checks.as_tuple("dilation_patch", dilation_patch, n, minimum=1),
     )
-    check_sizes(geometry)
+    if not torch.compiler.is_compiling():  # sizes are symbolic there: the operator checks them when it runs
+        check_sizes(geometry)
     return geometry
 
 
