@@ -292,3 +292,62 @@ def test_forged_plans_raise_a_typed_error(name):
         tiledcorr.correlate_reduce(x1, x2, patch_size=3, reduction="softargmax", plan=plan_)
     with pytest.raises(TiledCorrError, match="plan"):
         tiledcorr.correlate_reduce(x1, x2, patch_size=3, reduction="topk", k=2, plan=plan_)
+
+
+# --------------------------------------------------------------------------- 8: torch.compile with dynamic shapes, torch.func
+
+
+def test_correlate_reduce_compiles_with_dynamic_shapes_in_one_graph():
+    x1, x2 = torch.randn(1, 4, 9, 10, requires_grad=True), torch.randn(1, 4, 9, 10)
+
+    def f(a, b, temperature):
+        return tiledcorr.correlate_reduce(a, b, patch_size=3, reduction="softargmax", temperature=temperature)
+
+    compiled = torch.compile(f, dynamic=True, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x1, x2, 0.5), f(x1, x2, 0.5))
+    compiled(x1, x2, 0.5).sum().backward()
+    assert x1.grad is not None
+    torch.testing.assert_close(compiled(x1[..., :8], x2[..., :8], 0.25), f(x1[..., :8], x2[..., :8], 0.25))
+    with pytest.raises(Exception, match="temperature must be finite"):
+        compiled(x1, x2, float("inf"))
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap"])
+def test_torch_func_transforms_are_refused_clearly(transform):
+    x1, x2 = torch.randn(2, 4, 6, 7), torch.randn(2, 4, 6, 7)
+    with pytest.raises(tiledcorr.ArgumentTypeError, match=r"torch.func transform.*torch.autograd"):
+        if transform == "grad":
+            torch.func.grad(lambda a: tiledcorr.correlate(a, x2, patch_size=3).sum())(x1)
+        else:
+            torch.func.vmap(lambda a, b: tiledcorr.correlate(a[None], b[None], patch_size=3))(x1, x2)
+
+
+# --------------------------------------------------------------------------- 9, 10: the drop-ins under autocast, keyword names
+
+
+def test_drop_ins_compute_in_the_input_dtype_under_autocast():
+    x1, x2 = torch.randn(1, 8, 9, 10), torch.randn(1, 8, 9, 10)
+    expected = {
+        "sampler": tiledcorr.spatial_correlation_sample(x1, x2, 1, 5),
+        "sampler module": tiledcorr.SpatialCorrelationSampler(1, 5)(x1, x2),
+        "corrtorch": tiledcorr.CorrTorch(2, 1, 2)(x1, x2),
+        "flownet": tiledcorr.Correlation(2, 1, 2, 1, 1, 1)(x1, x2),
+    }
+    with torch.autocast("cpu", torch.bfloat16):
+        got = {
+            "sampler": tiledcorr.spatial_correlation_sample(x1, x2, 1, 5),
+            "sampler module": tiledcorr.SpatialCorrelationSampler(1, 5)(x1, x2),
+            "corrtorch": tiledcorr.CorrTorch(2, 1, 2)(x1, x2),
+            "flownet": tiledcorr.Correlation(2, 1, 2, 1, 1, 1)(x1, x2),
+        }
+        follows = tiledcorr.correlate(x1, x2, patch_size=5)
+    for name in expected:
+        assert got[name].dtype == torch.float32, name
+        torch.testing.assert_close(got[name], expected[name])
+    assert follows.dtype == torch.bfloat16  # correlate keeps its documented autocast behaviour
+
+
+def test_corrtorch_forward_takes_the_originals_keyword_names():
+    x1, x2 = torch.randn(1, 3, 5, 6), torch.randn(1, 3, 5, 6)
+    layer = tiledcorr.CorrTorch(1, 1, 1)
+    torch.testing.assert_close(layer(in1=x1, in2=x2), layer(x1, x2))

@@ -124,9 +124,10 @@ class CorrTorch(nn.Module):
         self.stride1, self.stride2, self.corr_multiply = stride1, stride2, corr_multiply
         self.memory_budget = memory_budget
 
-    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+    def forward(self, in1: torch.Tensor, in2: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` twice -> ``(B, (2*max_displacement+1)**2, H, W)``; the original's argument names."""
         return corr_torch(
-            input1, input2, self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
+            in1, in2, self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
             self.corr_multiply, memory_budget=self.memory_budget,
         )
 

@@ -20,7 +20,7 @@ from .. import checks
 from ..errors import ArgumentValueError
 from ..geometry import Geometry, check_sizes
 from ..typing import BudgetLike
-from ..ops.common import normalization_scale, prepare_inputs, repr_args
+from ..ops.common import normalization_scale, repr_args
 from ..ops.correlate import cost_volume
 
 
@@ -103,6 +103,8 @@ def flownet_correlation(
     original's is not for ``stride1 > 1``). Where the original reads outside
     its padded buffer (``k > 1``) this reads zeros. ``corr_multiply`` is
     accepted and ignored, as in the original, whose kernel never reads it.
+    Under ``torch.autocast`` it computes in the inputs' dtype, as the original
+    does (float32 inputs give a float32 result).
 
     Args:
         input1: tensor of shape ``(B, C, H, W)``, any floating dtype.
@@ -132,7 +134,8 @@ def flownet_correlation(
     """
     pad_size, kernel_size, max_displacement, stride1, stride2 = check_flownet_args(
         pad_size, kernel_size, max_displacement, stride1, stride2, corr_multiply)
-    input1, input2 = prepare_inputs(input1, input2, spatial_dims=(2,))
+    # As the original (an extension autocast does not know), compute in the inputs' dtype even under autocast.
+    checks.check_inputs(input1, input2, spatial_dims=(2,))
     geometry = flownet_geometry(input1.shape, pad_size, kernel_size, max_displacement, stride1, stride2)
     scale = normalization_scale("kernel_channels", geometry.channels, geometry.kernel_volume)
     out = cost_volume(input1, input2, geometry, scale, memory_budget)
