@@ -71,7 +71,8 @@ def flownet_geometry(
         padding=(pad_size + kr - max_displacement,) * 2, dilation=(1, 1), dilation_patch=(stride2,) * 2,
         out_limit=out_limit,
     )
-    check_sizes(geometry)
+    if not torch.compiler.is_compiling():  # sizes are symbolic there: the operator checks them when it runs
+        check_sizes(geometry)
     return geometry
 
 
