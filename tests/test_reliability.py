@@ -351,3 +351,24 @@ def test_corrtorch_forward_takes_the_originals_keyword_names():
     x1, x2 = torch.randn(1, 3, 5, 6), torch.randn(1, 3, 5, 6)
     layer = tiledcorr.CorrTorch(1, 1, 1)
     torch.testing.assert_close(layer(in1=x1, in2=x2), layer(x1, x2))
+
+
+# --------------------------------------------------------------------------- 15: the stated Python floor is true
+
+
+def test_the_source_parses_at_the_stated_python_floor():
+    """Every module parses with the grammar of pyproject's requires-python, and uses no newer builtin keyword."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    floor = re.search(r'requires-python\s*=\s*">=\s*3\.(\d+)"', (root / "pyproject.toml").read_text())
+    assert floor, "requires-python must state a floor such as >=3.10"
+    minor = int(floor.group(1))
+    newer_calls = {"strict": 10}  # zip(strict=...) is 3.10+
+    for path in sorted((root / "tiledcorr").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path), feature_version=(3, minor))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "zip":
+                for kw in node.keywords:
+                    assert newer_calls.get(kw.arg, 0) <= minor, f"{path}: zip({kw.arg}=) needs 3.{newer_calls[kw.arg]}"
