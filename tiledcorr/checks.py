@@ -7,7 +7,6 @@ reaches a kernel that could crash or read out of bounds.
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any, Sequence
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..budget import ACCEPTED_FORMS, format_bytes, is_relative, parse_budget
+from ..budget import format_bytes, is_relative, parse_budget
 from ..execution.retry import is_out_of_memory
 from .demo import DEMO_MIN_SIZE, DemoConfig, demo_steps, run_demo
 from ..errors import ArgumentValueError, DeviceError, TiledCorrError
