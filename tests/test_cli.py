@@ -52,7 +52,8 @@ def _assert_png(path: Path) -> None:
 def test_argument_types():
     assert cli.int_or_pair("3") == 3 and cli.int_or_pair("3,5") == (3, 5)
     assert cli.shape("4,128,96,96") == (4, 128, 96, 96)
-    assert cli.budget("1GiB") == "1GiB" and cli.budget("0.25") == 0.25 and cli.budget("1.5GiB") == "1.5GiB"
+    # Budgets are checked and passed on as written: the API reads "0.25" as a fraction, as the CLI does.
+    assert cli.budget("1GiB") == "1GiB" and cli.budget("0.25") == "0.25" and cli.budget("1.5GiB") == "1.5GiB"
     assert cli.budget_list("64MiB, 1GiB") == ["64MiB", "1GiB"]
 
 
@@ -295,7 +296,7 @@ def test_progress_bar_draws_only_after_its_delay():
         bar.advance()
     bar.close()
     assert stream.getvalue() == ""
-    bar = Progress(4, "work", stream=stream, delay=0)
+    bar = Progress(4, "work", stream=stream, delay=0, enabled=True)
     bar.advance(2, label="half")
     bar.close()
     assert "2/4" in stream.getvalue() and "half" in stream.getvalue() and stream.getvalue().endswith("\n")
@@ -305,3 +306,116 @@ def test_describe_machine_is_json():
     machine = describe_machine()
     assert machine["torch"] == torch.__version__ and machine["logical_cores"] >= 1
     assert json.loads(json.dumps(machine)) == machine
+
+
+# --------------------------------------------------------------------------- user errors: one line, exit 2 (issue 15: 11-14)
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--size", "24"], "--size: expected an int >= 37"),
+    (["plan", "--shape", "-1,2,8,8"], "--shape: expected non-negative sizes"),
+    (["plan", "--shape", "1,2,8,8", "--budget", "1.5"], "'1.5' is not a budget"),
+    (["sweep", "--shape", "1,2,8,8", "--budget", "1GiB"], "--budget is for plan and profile"),
+    (["plan", "--patch-size", "3"], "--shape"),
+])
+def test_argument_errors_are_one_line_and_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in _one_line_error(capsys.readouterr().err)
+
+
+def test_negative_parameter_values_reach_the_library_check(capsys):
+    code, _, err = _run(capsys, "plan", "--shape", "1,2,8,8", "--padding", "-1")  # argparse took -1 for an option
+    assert code == 1 and "padding must be >= 0, got -1" in _one_line_error(err)
+
+
+def test_out_under_a_regular_file_is_refused_before_computing(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(cli, "run_demo", lambda *a, **k: pytest.fail("computed before checking --out"))
+    regular = tmp_path / "file"
+    regular.write_text("")
+    for out in (regular, regular / "demo"):
+        code, _, err = _run(capsys, "demo", "--out", str(out), "--size", "40")
+        assert code == 2 and "a file, not a folder" in _one_line_error(err)
+
+
+def test_plot_extension_is_checked_before_measuring(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(cli, "sweep", lambda *a, **k: pytest.fail("measured before checking --plot"))
+    code, _, err = _run(capsys, "sweep", *TINY, "--budgets", "1MiB", "--plot", str(tmp_path / "out.txt"))
+    assert code == 2 and "cannot write .txt figures" in _one_line_error(err)
+
+
+def test_allocator_errors_are_one_line(capsys, monkeypatch):
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 160000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(profile, "make_inputs", allocate)
+    code, _, err = _run(capsys, "profile", "--shape", "4000,1000,100,100", "--repeat", "1", "--warmup", "0")
+    assert code == 1 and "out of memory" in _one_line_error(err) and "160000000000 bytes" in err
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path):
+    script = "import sys; sys.argv[0] = 'tiledcorr'; from tiledcorr.tools.cli import main; sys.exit(main())"
+    argv = [sys.executable, "-c", script, "plan", "--shape", "1,2,8,8", "--patch-size", "3", "--json"]
+    writer = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    writer.stdout.close()  # what head does after its first lines; here before the writer (still importing) prints
+    _, err = writer.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert writer.returncode == 141
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"tiledcorr {cli._version()}"
+    for command in ("plan", "profile", "sweep", "demo"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "example:" in text and f"tiledcorr {command} " in text.split("example:")[1]
+        if command != "demo":
+            assert "B,C,D,H,W" in text and "5-D" in text
+
+
+def test_budget_help_states_the_rule(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["plan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a number with a decimal point is a fraction" in text and "1.5 without units is refused" in text
+
+
+def test_progress_bars_only_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, drawn in ((io.StringIO(), False), (Terminal(), True)):
+        bar = Progress(2, "work", stream=stream, delay=0)
+        bar.advance()
+        bar.close()
+        assert ("\r" in stream.getvalue()) is drawn
+
+
+def test_demo_reports_progress(tmp_path):
+    pytest.importorskip("matplotlib")
+    steps = []
+
+    class Recorder:
+        def advance(self, steps_=1, label=None):
+            steps.append((steps_, label))
+
+    config = DemoConfig(size=40, patch_size=5, channels=4, memory_budget="8MiB")
+    run_demo(config, tmp_path, progress=Recorder())
+    from tiledcorr.tools.demo import demo_steps
+
+    assert sum(n for n, _ in steps) == demo_steps() and len(steps) > demo_steps() // 2

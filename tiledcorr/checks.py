@@ -7,7 +7,7 @@ reaches a kernel that could crash or read out of bounds.
 
 from __future__ import annotations
 
-import math
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -52,7 +52,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
         ArgumentValueError: wrong length, or an element below ``minimum``.
     """
     if _is_int(value):
-        items = (int(value),) * ndim
+        items = (_as_int(value),) * ndim
     elif isinstance(value, (tuple, list, torch.Size)):
         if not all(_is_int(v) for v in value):
             raise ArgumentTypeError(
@@ -63,7 +63,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
                 f"{name} must be an int or a tuple of {ndim} ints (one per spatial "
                 f"dimension), got {show(value)} of length {len(value)}"
             )
-        items = tuple(int(v) for v in value)
+        items = tuple(_as_int(v) for v in value)
     else:
         raise ArgumentTypeError(
             f"{name} must be an int or a tuple of {ndim} ints, got {show(value, typed=True)}"
@@ -71,20 +71,56 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int) -> tuple[int, ..
     if any(v < minimum for v in items):
         expected = "positive" if minimum == 1 else f">= {minimum}"
         raise ArgumentValueError(f"{name} must be {expected}, got {show(value)}")
+    _check_int64(name, items, value)
     return items
 
 
+#: Largest int a parameter may take: torch carries sizes as int64.
+INT64_MAX = 2**63 - 1
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer: ``int`` or anything with ``__index__`` (``numpy.int64``, a 0-d integer tensor...), bool excluded.
+
+    The originals take such values (pybind11 and Python arithmetic both call ``__index__``).
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, torch.SymInt)):  # first: torch.compile traces sizes as SymInts
+        return True
+    if isinstance(value, (float, torch.SymFloat)) or type(value).__name__ == "bool_":  # numpy.bool_ has __index__
+        return False
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _as_int(value: Any) -> Any:
+    """An :func:`_is_int` value as a Python int (a SymInt stays symbolic)."""
+    return value if isinstance(value, torch.SymInt) else operator.index(value)
+
+
+def _check_int64(name: str, items: Sequence[int], value: Any) -> None:
+    if any(v > INT64_MAX for v in items):
+        raise ArgumentValueError(f"{name} must fit in int64 (at most 2**63 - 1), got {show(value)}")
 
 
 def check_int(name: str, value: Any, *, minimum: int) -> int:
-    """Check a scalar int argument (FlowNet's ``kernel_size``, ``stride1``...)."""
+    """Check a scalar int argument (FlowNet's ``kernel_size``, ``stride1``...); returns a Python int.
+
+    Any ``__index__`` integer (``numpy.int64``...) is accepted, bool is not.
+    """
     if not _is_int(value):
         raise ArgumentTypeError(f"{name} must be an int, got {show(value, typed=True)}")
+    value = _as_int(value)
     if value < minimum:
         raise ArgumentValueError(f"{name} must be >= {minimum}, got {show(value)}")
-    return int(value)
+    _check_int64(name, (value,), value)
+    return value
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -106,10 +142,10 @@ def check_shape(name: str, value: Any, *, spatial_dims: Sequence[int] = (2, 3)) 
             f"{name} must be a tuple of ints (B, C, *spatial), got {show(value, typed=True)}"
         )
     shape = tuple(value)
-    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and v >= 0 for v in shape):
+    if len(shape) - 2 not in spatial_dims or not all(_is_int(v) and 0 <= _as_int(v) <= INT64_MAX for v in shape):
         expected = " or ".join(f"{d + 2}" for d in spatial_dims)
-        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial), got {show(value)}")
-    return shape
+        raise ShapeError(f"{name} must be {expected} non-negative ints (B, C, *spatial) that fit in int64, got {show(value)}")
+    return tuple(_as_int(v) for v in shape)
 
 
 def check_dtype(name: str, value: Any) -> torch.dtype:
@@ -163,6 +199,7 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
                 f"{name} must be {expected} (B, C, *spatial), got shape "
                 f"{tuple(x.shape)} ({x.dim()}-D)"
             )
+        check_not_transformed(name, x)
         if x.device.type == "meta":
             raise DeviceError(
                 f"{name} is on the meta device, which holds no data; use "
@@ -185,9 +222,35 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
 
 
 def check_real(name: str, value: Any) -> float:
-    """Check a finite real scalar (a temperature, a scale)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Check a finite real scalar (a temperature, a scale).
+
+    Written with comparisons only (no ``math.isfinite``), so that
+    ``torch.compile(dynamic=True, fullgraph=True)`` traces it with a symbolic float.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
         raise ArgumentTypeError(f"{name} must be a real number, got {show(value)}")
-    if not math.isfinite(value):
+    if not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # False for NaN and for +-inf
         raise ArgumentValueError(f"{name} must be finite, got {show(value)}")
-    return float(value)
+    return value if isinstance(value, (float, torch.SymFloat)) else float(value)
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def check_not_transformed(name: str, value: torch.Tensor) -> None:
+    """Refuse a tensor wrapped by a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``...).
+
+    tiledcorr's operators are differentiable through ``torch.autograd``
+    (``backward``, ``torch.autograd.grad``), under ``torch.compile`` and
+    ``torch.export``; torch's custom-operator autograd does not support the
+    functorch transforms, which would fail deep inside torch.
+    """
+    if torch.compiler.is_compiling():
+        return
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    if wrapped is not None and wrapped(value):
+        raise ArgumentTypeError(
+            f"{name} is a tensor inside a torch.func transform (grad, vmap, jacrev, jvp...), which tiledcorr "
+            "does not support; differentiate with torch.autograd instead (loss.backward() or "
+            "torch.autograd.grad(loss, inputs)), which also works under torch.compile"
+        )

@@ -25,6 +25,19 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
+from .errors import ArgumentValueError
+
+#: Largest value a tensor size, index or stride can take (torch's int64).
+INT64_MAX = 2**63 - 1
+
+#: Most elements of a cost volume tiledcorr plans for: its float64 or int64
+#: tensors (and a fused top-k's ``(B, k, N, *out)`` displacements) then stay
+#: far below int64's byte count, so no size computation overflows.
+MAX_ELEMENTS = 2**56
+
+#: Most displacements per dimension (``patch_size``) tiledcorr accepts.
+MAX_PATCH = 2**20
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -97,16 +110,31 @@ class Geometry:
         """True when the output or the sums are empty (B, C or a spatial size is 0)."""
         return self.batch == 0 or self.channels == 0 or self.num_positions == 0
 
+    @property
+    def no_tiles(self) -> bool:
+        """True when no tile runs (B or the output's positions are 0): nothing is computed, no workspace is needed."""
+        return self.batch == 0 or self.num_positions == 0
+
     def shifts(self, dim: int) -> list[int]:
         """Displacements in pixels along ``dim``, in output order."""
         R, q = self.radius[dim], self.dilation_patch[dim]
         return [(j - R) * q for j in range(self.patch[dim])]
 
     def lattice(self, dim: int) -> "Lattice":
-        """The tile lattice constants of one spatial dimension."""
+        """The tile lattice constants of one spatial dimension.
+
+        Where the step ``t`` is at least the output size, each position class
+        holds at most one position, so ``t`` and ``m`` change nothing but the
+        numbering: the lattice ``(max(o, 1), 1)`` has the same spans, and keeps
+        every step and stride the engine derives from it (``t * s``, ``m`` times
+        a buffer stride) small however large ``stride`` and ``dilation_patch`` are.
+        """
         s, q = self.stride[dim], self.dilation_patch[dim]
         g = math.gcd(s, q)
-        return Lattice(step=q // g, region_step=s // g)
+        step, out = q // g, self.out_size[dim]
+        if step >= out:
+            return Lattice(step=max(out, 1), region_step=1)
+        return Lattice(step=step, region_step=s // g)
 
     @property
     def flops(self) -> int:
@@ -129,6 +157,14 @@ class Lattice:
     def positions_per_class(self, out_size: int, residue: int) -> int:
         """Number of output positions ``h < out_size`` with ``h % step == residue``."""
         return max(0, -(-(out_size - residue) // self.step))
+
+    def blocks(self, out_size: int, tile: int) -> int:
+        """Number of tiles of ``tile`` positions covering every class, in closed form.
+
+        ``o = a*t + b``: ``b`` classes hold ``a + 1`` positions, the others ``a``.
+        """
+        a, b = divmod(out_size, self.step)
+        return b * -(-(a + 1) // tile) + (self.step - b) * -(-a // tile)
 
     def region_extent(self, positions: int, displacements: int) -> int:
         """Lattice points of input2 a tile of this many positions and displacements reads."""
@@ -159,7 +195,7 @@ def spans(geometry: Geometry, dim: int, tile: int, disp_tile: int) -> Iterator[S
     lattice = geometry.lattice(dim)
     for j0 in range(0, geometry.patch[dim], disp_tile):
         J = min(disp_tile, geometry.patch[dim] - j0)
-        for r in range(lattice.step):
+        for r in range(min(lattice.step, geometry.out_size[dim])):  # the other classes are empty
             U_total = lattice.positions_per_class(geometry.out_size[dim], r)
             for u0 in range(0, U_total, tile):
                 yield Span(r, u0, min(tile, U_total - u0), j0, J)
@@ -167,12 +203,61 @@ def spans(geometry: Geometry, dim: int, tile: int, disp_tile: int) -> Iterator[S
 
 def count_spans(geometry: Geometry, dim: int, tile: int, disp_tile: int) -> int:
     """Number of blocks :func:`spans` yields, without building them."""
-    lattice = geometry.lattice(dim)
-    per_disp = sum(
-        -(-lattice.positions_per_class(geometry.out_size[dim], r) // tile)
-        for r in range(lattice.step)
-    )
+    per_disp = geometry.lattice(dim).blocks(geometry.out_size[dim], tile)
     return per_disp * -(-geometry.patch[dim] // disp_tile)
+
+
+def check_sizes(geometry: Geometry) -> None:
+    """Refuse a geometry whose sizes would overflow torch's int64 or build tables beyond memory, naming the parameters.
+
+    The limits, none of which a real correlation comes near:
+
+    * at most :data:`MAX_PATCH` displacements per dimension (a fused
+      reduction holds a table of them, whatever the output size);
+    * the cost volume's shape multiplies to at most :data:`MAX_ELEMENTS`
+      (counting empty dimensions as 1: torch computes the strides of an empty
+      tensor too), so no tensor size, stride or byte count overflows;
+    * where the output is not empty, every input coordinate the engine
+      computes (up to the padded size plus the largest displacement) fits in int64.
+
+    An empty output is otherwise always accepted, however large its kernel:
+    nothing is computed.
+
+    Raises:
+        ArgumentValueError: the message names the parameters responsible.
+    """
+    g = geometry
+    if max(g.patch, default=1) > MAX_PATCH:
+        raise ArgumentValueError(
+            f"patch_size must be at most {MAX_PATCH} (2**20) displacements per dimension, got {g.patch}")
+    extent = math.prod(max(n, 1) for n in g.out_shape)
+    if extent > MAX_ELEMENTS:
+        named = _named(g, ("patch_size", g.patch, 1), ("padding", g.padding, 0), ("stride", g.stride, 1),
+                       ("kernel_size", g.kernel, 1), ("dilation", g.dilation, 1))
+        raise ArgumentValueError(
+            f"the cost volume {g.out_shape} is too large: its sizes multiply to {extent}, more than tiledcorr "
+            f"supports ({MAX_ELEMENTS} = 2**56, beyond any device's memory){named}; reduce patch_size or padding"
+        )
+    if g.no_tiles:
+        return
+    # A view of the inputs strided by a coordinate step has strides up to that step times the input's size.
+    input_elements = max(1, g.batch * g.channels * math.prod(g.in_size))
+    for d in range(g.ndim):
+        # The engine steps by dilation_patch even over a single displacement (a view's stride).
+        reach = g.in_size[d] + 2 * abs(g.padding[d]) + max(g.patch[d] - 1, 1) * g.dilation_patch[d]
+        if reach * input_elements > INT64_MAX:
+            named = _named(g, ("padding", g.padding, 0), ("stride", g.stride, 1), ("dilation", g.dilation, 1),
+                           ("dilation_patch", g.dilation_patch, 1))
+            raise ArgumentValueError(
+                f"input coordinates reach {reach} in spatial dimension {d}{named}: their offsets in the "
+                f"inputs ({input_elements} elements) would overflow int64; reduce padding or dilation_patch"
+            )
+
+
+def _named(g: Geometry, *params: tuple[str, tuple[int, ...], int]) -> str:
+    """``" (from patch_size=(..), padding=(..))"``: the parameters that differ from their defaults."""
+    shown = [f"{name}={values}" for name, values, default in params if any(v != default for v in values)]
+    return f" (from {', '.join(shown)})" if shown else ""
 
 
 def input1_start(geometry: Geometry, dim: int, span: Span, kernel_offset: int) -> int:
@@ -183,8 +268,15 @@ def input1_start(geometry: Geometry, dim: int, span: Span, kernel_offset: int) -
 
 
 def input1_step(geometry: Geometry, dim: int) -> int:
-    """Distance in input1 between consecutive positions of a span."""
-    return geometry.lattice(dim).step * geometry.stride[dim]
+    """Distance in input1 between consecutive positions of a span.
+
+    Where every span holds one position the step is never taken: 1 then, so
+    that a huge ``stride`` does not overflow the strides of the views it makes.
+    """
+    lattice = geometry.lattice(dim)
+    if lattice.step >= geometry.out_size[dim]:
+        return 1
+    return lattice.step * geometry.stride[dim]
 
 
 def input2_start(geometry: Geometry, dim: int, span: Span, kernel_offset: int) -> int:

@@ -21,6 +21,8 @@ def check_corrtorch_args(
 ) -> None:
     """Accept exactly what the original accepts (it asserts these in its constructor).
 
+    ``numpy.int64`` and other ``__index__`` integers are accepted as ints.
+
     Raises:
         ArgumentTypeError: an argument is not an int (``corr_multiply``: not a number).
         ArgumentValueError: ``kernel_size``, ``stride1`` or ``stride2`` is not 1,
@@ -32,7 +34,7 @@ def check_corrtorch_args(
                 f"CorrTorch supports only {name}=1 (the original asserts it), got {value!r}; "
                 "use tiledcorr.flownet_correlation for other values"
             )
-    checks.check_int("max_displacement", max_displacement, minimum=0)
+    max_displacement = checks.check_int("max_displacement", max_displacement, minimum=0)
     if checks.check_int("pad_size", pad_size, minimum=0) != max_displacement:
         raise ArgumentValueError(
             f"CorrTorch requires pad_size == max_displacement (the original asserts it), got "
@@ -124,16 +126,17 @@ class CorrTorch(Deployable, nn.Module):
         self.stride1, self.stride2, self.corr_multiply = stride1, stride2, corr_multiply
         self.memory_budget = memory_budget
 
-    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+    def forward(self, in1: torch.Tensor, in2: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` twice -> ``(B, (2*max_displacement+1)**2, H, W)``; the original's argument names."""
         if torch.jit.is_scripting():
-            return deploy.correlate(input1, input2, self._script_params, self._script_normalize, self._script_budget,
+            return deploy.correlate(in1, in2, self._script_params, self._script_normalize, self._script_budget,
                                     self._script_ndims, True)
-        return self._call(input1, input2)
+        return self._call(in1, in2)
 
     @torch.jit.unused
-    def _call(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+    def _call(self, in1: torch.Tensor, in2: torch.Tensor) -> torch.Tensor:
         return corr_torch(
-            input1, input2, self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
+            in1, in2, self.pad_size, self.kernel_size, self.max_displacement, self.stride1, self.stride2,
             self.corr_multiply, memory_budget=self.memory_budget,
         )
 

@@ -18,19 +18,23 @@ from torch import nn
 
 from .. import checks
 from ..errors import ArgumentValueError
-from ..geometry import Geometry
+from ..geometry import Geometry, check_sizes
 from ..library import deploy, dispatch
 from ..library.common import encode_budget
 from ..library.deploy import DeployConfig
 from ..typing import BudgetLike
-from ..ops.common import Deployable, normalization_scale, prepare_inputs, repr_args
+from ..ops.common import Deployable, normalization_scale, repr_args
 from ..ops.correlate import cost_volume
 
 
 def check_flownet_args(
     pad_size: Any, kernel_size: Any, max_displacement: Any, stride1: Any, stride2: Any, corr_multiply: Any,
-) -> None:
+) -> tuple[int, int, int, int, int]:
     """Validate FlowNet's arguments (each a scalar int; ``corr_multiply`` a number).
+
+    Returns:
+        ``(pad_size, kernel_size, max_displacement, stride1, stride2)`` as Python
+        ints (``numpy.int64`` and other ``__index__`` integers are accepted, as by the original).
 
     Raises:
         ArgumentTypeError: an argument is not an int (``corr_multiply``: not a number).
@@ -38,17 +42,18 @@ def check_flownet_args(
             ``kernel_size`` that is not a positive odd int (the original divides by
             zero with its default 0 and has no centre for an even size).
     """
-    checks.check_int("pad_size", pad_size, minimum=0)
-    if isinstance(kernel_size, int) and not isinstance(kernel_size, bool) and (kernel_size < 1 or kernel_size % 2 == 0):
+    pad_size = checks.check_int("pad_size", pad_size, minimum=0)
+    kernel_size = checks.check_int("kernel_size", kernel_size, minimum=-checks.INT64_MAX)
+    if kernel_size < 1 or kernel_size % 2 == 0:
         raise ArgumentValueError(
             f"kernel_size must be a positive odd int (FlowNet's window is centred; FlowNetC uses 1), "
             f"got {kernel_size!r}" + (" (the original's default 0 gives inf/NaN)" if kernel_size == 0 else "")
         )
-    checks.check_int("kernel_size", kernel_size, minimum=1)
-    checks.check_int("max_displacement", max_displacement, minimum=0)
-    checks.check_int("stride1", stride1, minimum=1)
-    checks.check_int("stride2", stride2, minimum=1)
+    max_displacement = checks.check_int("max_displacement", max_displacement, minimum=0)
+    stride1 = checks.check_int("stride1", stride1, minimum=1)
+    stride2 = checks.check_int("stride2", stride2, minimum=1)
     checks.check_real("corr_multiply", corr_multiply)
+    return pad_size, kernel_size, max_displacement, stride1, stride2
 
 
 def flownet_geometry(
@@ -63,12 +68,15 @@ def flownet_geometry(
     border = kr + max_displacement
     patch = 2 * (max_displacement // stride2) + 1
     out_limit = tuple(max(0, -(-(n + 2 * pad_size - 2 * border) // stride1)) for n in (height, width))
-    return Geometry(
+    geometry = Geometry(
         batch=batch, channels=channels, in_size=(height, width),
         kernel=(kernel_size,) * 2, patch=(patch,) * 2, stride=(stride1,) * 2,
         padding=(pad_size + kr - max_displacement,) * 2, dilation=(1, 1), dilation_patch=(stride2,) * 2,
         out_limit=out_limit,
     )
+    if not torch.compiler.is_compiling():  # sizes are symbolic there: the operator checks them when it runs
+        check_sizes(geometry)
+    return geometry
 
 
 def flownet_config(
@@ -114,6 +122,8 @@ def flownet_correlation(
     original's is not for ``stride1 > 1``). Where the original reads outside
     its padded buffer (``k > 1``) this reads zeros. ``corr_multiply`` is
     accepted and ignored, as in the original, whose kernel never reads it.
+    Under ``torch.autocast`` it computes in the inputs' dtype, as the original
+    does (float32 inputs give a float32 result).
 
     Args:
         input1: tensor of shape ``(B, C, H, W)``, any floating dtype.
@@ -141,12 +151,14 @@ def flownet_correlation(
         >>> flownet_correlation(x1, x2, 20, 1, 20, 1, 2).shape
         torch.Size([1, 441, 48, 64])
     """
-    check_flownet_args(pad_size, kernel_size, max_displacement, stride1, stride2, corr_multiply)
+    pad_size, kernel_size, max_displacement, stride1, stride2 = check_flownet_args(
+        pad_size, kernel_size, max_displacement, stride1, stride2, corr_multiply)
     how = deploy.mode()
     if how != "eager":  # torch.jit.trace, torch.export, ONNX export (docs/deployment.md)
         config = flownet_config(pad_size, kernel_size, max_displacement, stride1, stride2, memory_budget)
         return dispatch.run_volume(how, config, input1, input2, True)
-    input1, input2 = prepare_inputs(input1, input2, spatial_dims=(2,))
+    # As the original (an extension autocast does not know), compute in the inputs' dtype even under autocast.
+    checks.check_inputs(input1, input2, spatial_dims=(2,))
     geometry = flownet_geometry(input1.shape, pad_size, kernel_size, max_displacement, stride1, stride2)
     scale = normalization_scale("kernel_channels", geometry.channels, geometry.kernel_volume)
     out = cost_volume(input1, input2, geometry, scale, memory_budget)

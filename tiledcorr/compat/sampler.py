@@ -40,6 +40,8 @@ def spatial_correlation_sample(
     original crashes or reads out of bounds (mismatched shapes or dtypes, 5-D
     input, stride 0, negative padding) this raises an exception instead. Like
     the original it takes images only; :func:`tiledcorr.correlate` also takes volumes.
+    Like the original it computes in the inputs' dtype under ``torch.autocast``
+    (:func:`tiledcorr.correlate` follows autocast, as matmul does).
 
     Args:
         input1: tensor of shape ``(B, C, H, W)``, any floating dtype and strides.
@@ -74,10 +76,12 @@ def spatial_correlation_sample(
                                memory_budget, ndims=(2,))
         return dispatch.run_volume(how, config, input1, input2, False)
     checks.check_inputs(input1, input2, spatial_dims=(2,))
-    return correlate(
-        input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
-        memory_budget=memory_budget,
-    )
+    # The original (a C++ extension autocast does not know) computes in the inputs' dtype under autocast.
+    with torch.autocast(input1.device.type, enabled=False):
+        return correlate(
+            input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
+            memory_budget=memory_budget,
+        )
 
 
 class SpatialCorrelationSampler(Deployable, nn.Module):

@@ -15,8 +15,21 @@ T = TypeVar("T")
 _warned_retry = False
 
 
+#: What torch's CPU allocator says when an allocation fails (it raises a plain RuntimeError).
+_CPU_OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that an allocation failed: CUDA's ``torch.OutOfMemoryError``,
+    the CPU allocator's ``RuntimeError``, or Python's ``MemoryError``."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _CPU_OOM_MESSAGES)
+
+
 def with_oom_retry(plan: Plan, run: Callable[[Plan], T]) -> T:
-    """Run ``run(plan)``; on an out-of-memory error, halve the workspace and run again.
+    """Run ``run(plan)``; on an out-of-memory error (:func:`is_out_of_memory`, CPU or CUDA),
+    halve the workspace and run again.
 
     ``run`` must start from scratch each time (fresh sinks and accumulators),
     so a retry never leaves part of an earlier attempt in the result.
@@ -29,7 +42,9 @@ def with_oom_retry(plan: Plan, run: Callable[[Plan], T]) -> T:
     while True:
         try:
             return run(current)
-        except torch.OutOfMemoryError as exc:
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(exc):
+                raise
             if current.device_type == "cuda":
                 torch.cuda.empty_cache()
             smaller = smaller_plan(current)

@@ -11,13 +11,15 @@ from typing import Callable
 
 import torch
 
+from ..budget import format_bytes
 from ..dtypes import compute_dtype
+from ..errors import MemoryBudgetError
 from ..planning import registry
 from ..planning.planner import Plan, per_tile_plan
 from ..planning.registry import Strategy
 from . import hugepages, nonfinite
 from .engine import run_backward, run_forward
-from .retry import with_oom_retry
+from .retry import is_out_of_memory, with_oom_retry
 from .sinks import GradSource, OutputSink, volume_grad
 
 
@@ -42,10 +44,11 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
         return input1.new_zeros(g.out_shape)
     finite = nonfinite.all_finite(input1, input2)
     plan, fused = fused_or_per_tile(plan, finite)
+    out = allocate_output(input1, plan)
+    hugepages.advise(out)
 
     def attempt(p: Plan) -> torch.Tensor:
-        out = input1.new_empty(g.out_shape)
-        hugepages.advise(out)
+        # Every attempt writes every element of ``out`` (the tiles cover the volume once), so it is reused.
         if fused is not None:
             fused.volume_forward(input1, input2, out, g, scale)
         elif finite:
@@ -55,6 +58,24 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
         return out
 
     return with_oom_retry(plan, attempt)
+
+
+def allocate_output(input1: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """The uninitialised cost volume; an allocation that fails is the output's fault, not the workspace's.
+
+    Raises:
+        MemoryBudgetError: the output itself cannot be allocated.
+    """
+    try:
+        return input1.new_empty(plan.geometry.out_shape)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise MemoryBudgetError(
+            f"out of memory allocating the output {tuple(plan.geometry.out_shape)} "
+            f"({format_bytes(plan.output_bytes)}) on {input1.device}; reduce the batch, the patch size or the "
+            "image size, or use tiledcorr.correlate_reduce() to avoid storing the volume"
+        ) from exc
 
 
 def backward_inputs(

@@ -25,7 +25,7 @@ import torch
 
 from ..budget import resolve_budget
 from ..errors import ArgumentValueError
-from ..geometry import Geometry
+from ..geometry import Geometry, check_sizes
 from ..planning.costs import SinkCost
 from ..planning.planner import Plan, plan_for_tiling, plan_geometry, quantized_budget
 from ..planning.tiling import Tiling
@@ -130,7 +130,10 @@ def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tili
     """The plan an operator runs: a user's tiling (every field checked), or the planner's for the budget.
 
     A budget that follows the free memory (``None`` or a fraction) is part of
-    the key as the planner quantises it, so the lookup still follows it.
+    the key as the planner quantises it, so the lookup still follows it. The
+    geometry's sizes are checked when it is first planned
+    (:func:`~tiledcorr.geometry.check_sizes`): under ``torch.compile`` this is
+    the first time they are concrete.
     """
     device = input1.device
     follows_free_memory = budget == "" or budget.startswith("f:")
@@ -138,6 +141,7 @@ def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tili
     key = (geometry, input1.dtype, device, resolved, tiling, requires_grad, sink_cost)
     plan = _RUN_TIME_PLANS.get(key)
     if plan is None:
+        check_sizes(geometry)
         if tiling:
             plan = plan_for_tiling(geometry, decode_tiling(tiling), dtype=input1.dtype, device_type=device.type,
                                    budget_bytes=_tiling_budget(budget), requires_grad=requires_grad,

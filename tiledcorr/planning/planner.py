@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from .. import checks
-from ..budget import format_bytes, free_memory, resolve_budget
+from ..budget import format_bytes, free_memory, is_relative, resolve_budget
 from ..dtypes import compute_dtype, element_size
 from ..errors import ArgumentTypeError, ArgumentValueError, MemoryBudgetError, ShapeError
-from ..geometry import Geometry, count_spans
+from ..geometry import Geometry, check_sizes, count_spans
 from . import registry
 from .costs import CostTerms, DeviceModel, SinkCost, device_model
 from .tiling import TileDims, Tiling, positions_per_dim, total_elements
@@ -109,7 +109,16 @@ class Plan:
         return max(self.forward_workspace_bytes, self.backward_workspace_bytes if self.requires_grad else 0)
 
     def check_fits(self, geometry: Geometry, dtype: torch.dtype, device: torch.device) -> None:
-        """Raise if this plan was made for other shapes, parameters, dtype or device."""
+        """Raise if this plan was made for other shapes, parameters, dtype or device, or if a field is forged.
+
+        A :class:`Plan` is public and a dataclass, so ``dataclasses.replace``
+        can put anything in it: every field an operator uses is checked here
+        (the tiling and the budget by :func:`check_tiling` and
+        :func:`check_budget_bytes`), the others are recomputed when it runs.
+        """
+        if not isinstance(self.geometry, Geometry):
+            raise ArgumentTypeError(f"plan.geometry must be a Geometry, got {checks.show(self.geometry, typed=True)}; "
+                                    "make plans with tiledcorr.plan()")
         if geometry != self.geometry:
             raise ArgumentValueError(
                 f"plan was made for {_describe(self.geometry)}, but the inputs and "
@@ -120,6 +129,8 @@ class Plan:
                 f"plan was made for dtype {self.dtype} on {self.device_type}, but the inputs "
                 f"are {dtype} on {torch.device(device).type}"
             )
+        check_tiling(self.tiling, geometry.ndim)
+        check_budget_bytes(self.budget_bytes)
 
     def __str__(self) -> str:
         g, t = self.geometry, self.tiling
@@ -178,7 +189,7 @@ def make_geometry(
     if input2_shape is not None and checks.check_shape("input2_shape", input2_shape) != shape1:
         raise ShapeError(f"input1 and input2 must have the same shape, got {shape1} and {tuple(input2_shape)}")
     n = len(shape1) - 2
-    return Geometry(
+    geometry = Geometry(
         batch=shape1[0], channels=shape1[1], in_size=shape1[2:],
         kernel=checks.as_tuple("kernel_size", kernel_size, n, minimum=1),
         patch=checks.as_tuple("patch_size", patch_size, n, minimum=1),
@@ -187,6 +198,9 @@ def make_geometry(
         dilation=checks.as_tuple("dilation", dilation, n, minimum=1),
         dilation_patch=checks.as_tuple("dilation_patch", dilation_patch, n, minimum=1),
     )
+    if not torch.compiler.is_compiling():  # sizes are symbolic there: the operator checks them when it runs
+        check_sizes(geometry)
+    return geometry
 
 
 
@@ -220,7 +234,7 @@ def quantized_budget(memory_budget: Any, device: torch.device) -> int:
     Free memory changes between calls; rounding keeps the plan cache effective.
     """
     budget = resolve_budget(memory_budget, device)
-    if memory_budget is None or isinstance(memory_budget, float):
+    if is_relative(memory_budget):
         unit = 1 << max(0, budget.bit_length() - 4)
         budget = max(unit, budget // unit * unit)
     return budget
@@ -238,24 +252,16 @@ def plan_for_tiling(
             or tile sizes that are not positive ints, one per dimension.
         ArgumentTypeError: ``tiling`` is not a :class:`Tiling`.
     """
-    if not isinstance(tiling, Tiling):
-        raise ArgumentTypeError(f"plan.tiling must be a tiledcorr Tiling, got {checks.show(tiling, typed=True)}")
+    check_tiling(tiling, geometry.ndim)
     strategy = registry.get(tiling.strategy)
     reason = strategy.refusal(geometry, dtype, device_type)
     if reason is not None:
         raise ArgumentValueError(f"plan's strategy {tiling.strategy!r} cannot run {_describe(geometry)}: {reason}")
-    N = geometry.ndim
-    for name, value, length in (("batch_tile", (tiling.batch_tile,), 1), ("tile", tiling.tile, N), ("disp_tile", tiling.disp_tile, N)):
-        if (not isinstance(value, tuple) or len(value) != length
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
-            shown = value[0] if name == "batch_tile" and isinstance(value, tuple) and len(value) == 1 else value
-            raise ArgumentValueError(
-                f"plan.tiling.{name} must be {'a positive int' if length == 1 else f'{length} positive ints'}, "
-                f"got {checks.show(shown)}; make plans with tiledcorr.plan()")
-    if not isinstance(budget_bytes, int) or budget_bytes < 1:
-        raise ArgumentValueError(f"plan.budget_bytes must be a positive int, got {checks.show(budget_bytes)}")
+    check_budget_bytes(budget_bytes)
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
     sink_cost = sink_cost or SinkCost()
+    if geometry.no_tiles:
+        return _empty_plan(geometry, dtype, device_type, budget_bytes, requires_grad, tiling, sink_cost)
     dims = TileDims.of_tiling(geometry, tiling)
     fwd_bytes, bwd_bytes = _workspace(strategy, dims, sink_cost, elem, _accumulator_bytes(geometry, dtype))
     fwd_s, bwd_s = _seconds(strategy, dims, device_model(device_type), elem)
@@ -270,6 +276,38 @@ def plan_for_tiling(
     )
 
 
+def check_tiling(tiling: Any, ndim: int) -> None:
+    """Check a (user's) tiling field by field: a :class:`Tiling` of a strategy name and positive ints.
+
+    Python ints exactly (no bool, no float): the tiling is carried to the
+    operators as text, and each size is a tile's extent.
+
+    Raises:
+        ArgumentTypeError: ``tiling`` is not a :class:`Tiling`, or its strategy is not a name.
+        ArgumentValueError: a tile size that is not a positive int, or not one per dimension.
+    """
+    if not isinstance(tiling, Tiling):
+        raise ArgumentTypeError(f"plan.tiling must be a tiledcorr Tiling, got {checks.show(tiling, typed=True)}")
+    if not isinstance(tiling.strategy, str):
+        raise ArgumentTypeError(f"plan.tiling.strategy must be a strategy name, got {checks.show(tiling.strategy, typed=True)}")
+    if tiling.strategy not in registry.names():
+        raise ArgumentValueError(f"plan.tiling.strategy must be one of {registry.names()}, got {tiling.strategy!r}")
+    for name, value, length in (("batch_tile", (tiling.batch_tile,), 1), ("tile", tiling.tile, ndim),
+                                ("disp_tile", tiling.disp_tile, ndim)):
+        if (not isinstance(value, tuple) or len(value) != length
+                or not all(type(v) is int and 1 <= v <= checks.INT64_MAX for v in value)):
+            shown = value[0] if name == "batch_tile" and isinstance(value, tuple) and len(value) == 1 else value
+            raise ArgumentValueError(
+                f"plan.tiling.{name} must be {'a positive int' if length == 1 else f'{length} positive ints'}, "
+                f"got {checks.show(shown)}; make plans with tiledcorr.plan()")
+
+
+def check_budget_bytes(budget_bytes: Any) -> None:
+    """A plan's ``budget_bytes``: a positive Python int (it is carried to the operators as text)."""
+    if type(budget_bytes) is not int or budget_bytes < 1:
+        raise ArgumentValueError(f"plan.budget_bytes must be a positive int, got {checks.show(budget_bytes, typed=True)}")
+
+
 @functools.lru_cache(maxsize=512)
 def _cached_plan(
     geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool, strategy: str | None,
@@ -279,6 +317,10 @@ def _cached_plan(
     elem, out_elem = element_size(compute_dtype(dtype)), element_size(dtype)
     grads = _accumulator_bytes(geometry, dtype)
     grids = _candidate_grids(geometry, dtype, device_type, elem, model, strategy, per_tile)
+    if geometry.no_tiles:
+        N = geometry.ndim
+        tiling = Tiling(grids[0].strategy.name, 1, (1,) * N, (1,) * N)
+        return _empty_plan(geometry, dtype, device_type, budget, requires_grad, tiling, sink_cost)
 
     def score(grid: _CandidateGrid, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """Candidates ``rows`` of one strategy: the workspace they need and their seconds."""
@@ -327,6 +369,22 @@ def _cached_plan(
     )
 
 
+def _empty_plan(geometry: Geometry, dtype: torch.dtype, device_type: str, budget: int, requires_grad: bool,
+                tiling: Tiling, sink_cost: SinkCost) -> Plan:
+    """The plan of a problem where no tile runs (B = 0 or an empty output): no workspace.
+
+    The engine returns an empty result without running a tile, so such a
+    problem fits any budget, whatever its parameters (a kernel larger than
+    the image, of any size).
+    """
+    return Plan(
+        geometry=geometry, dtype=dtype, device_type=device_type, tiling=tiling,
+        budget_bytes=budget, forward_workspace_bytes=0, backward_workspace_bytes=0,
+        output_bytes=math.prod(geometry.out_shape) * element_size(dtype), naive_bytes=_naive_bytes(geometry, element_size(dtype)),
+        predicted_seconds=0.0, requires_grad=requires_grad, sink_cost=sink_cost,
+    )
+
+
 def _workspace(strategy: registry.Strategy, dims: TileDims, sink_cost: SinkCost, elem: int,
                grads: int) -> tuple[np.ndarray, np.ndarray]:
     """Bytes of the forward's and the backward's temporaries: the strategy's buffers, the sink's, the accumulators."""
@@ -360,11 +418,12 @@ def _tile_counts(geometry: Geometry, dims: TileDims) -> tuple[np.ndarray, np.nda
     N, U, J = geometry.ndim, dims.U, dims.J
     blocks = np.ones(len(dims))
     for d in range(N):
-        lattice = geometry.lattice(d)
-        counts = [lattice.positions_per_class(geometry.out_size[d], r) for r in range(lattice.step)]
-        per_class = sum(np.ceil(n_r / U[:, d]) for n_r in counts)
+        # Closed form (Lattice.blocks): o = a*t + b, b classes of a + 1 positions and t - b of a.
+        t, o = geometry.lattice(d).step, geometry.out_size[d]
+        a, b = divmod(o, t)
+        per_class = b * np.ceil((a + 1) / U[:, d]) + (t - b) * np.ceil(a / U[:, d])
         blocks *= per_class * np.ceil(geometry.patch[d] / J[:, d])
-    last_share = sum(counts) / U[:, N - 1] / np.maximum(per_class, 1)  # last dimension: positions / full tiles
+    last_share = o / U[:, N - 1] / np.maximum(per_class, 1)  # last dimension: positions / full tiles
     tiles = blocks * np.ceil(max(geometry.batch, 1) / dims.Bt)
     return tiles, tiles * last_share
 

@@ -62,10 +62,14 @@ class TileDims:
 
     @classmethod
     def of_tiling(cls, geometry: Geometry, tiling: Tiling) -> "TileDims":
-        """The largest tile of a tiling (its workspace is sized for that one)."""
+        """The largest tile of a tiling (its workspace is sized for that one).
+
+        Where the output is empty no tile runs: the batch tile is 0, so every
+        buffer (each one a multiple of it) is empty, whatever the parameters.
+        """
         U = [min(t, u) for t, u in zip(tiling.tile, positions_per_dim(geometry))]
         J = [min(j, P) for j, P in zip(tiling.disp_tile, geometry.patch)]
-        Bt = min(tiling.batch_tile, max(geometry.batch, 1))
+        Bt = 0 if geometry.no_tiles else min(tiling.batch_tile, geometry.batch)
         return cls(geometry, np.array([Bt]), np.array([U]), np.array([J]))
 
     def __len__(self) -> int:

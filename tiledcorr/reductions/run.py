@@ -30,6 +30,8 @@ def _run_sink(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: flo
 
     def attempt(p: Plan) -> ReductionSink:
         sink = make_sink(not finite)
+        if g.no_tiles:
+            return sink  # an empty result: no tile runs (and none may be built, whatever the parameters)
         if g.channels == 0:
             # Sums over no channels: the volume is 0 everywhere (the engine needs C > 0).
             for tile in iter_tiles(g, p.tiling):

@@ -3,21 +3,28 @@
 Argument parsing and printing only; the work is done by :mod:`tiledcorr.planner`,
 :mod:`tiledcorr.profile`, :mod:`tiledcorr.plotting` and :mod:`tiledcorr.demo`.
 Every command returns an exit status: 0 on success, 1 when tiledcorr refuses
-the problem (the message says why), 2 for malformed arguments (argparse).
+the problem or it does not fit in memory (the message says why), 2 for
+arguments that are wrong by themselves (malformed values, an ``--out`` or
+``--plot`` path that cannot be written), found before any work. Either way the
+error is one line on stderr, never a traceback; output piped into a command
+that stops reading (``| head``) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..budget import format_bytes
-from .demo import DemoConfig, run_demo
+from ..budget import format_bytes, is_relative, parse_budget
+from ..execution.retry import is_out_of_memory
+from .demo import DEMO_MIN_SIZE, DemoConfig, demo_steps, run_demo
 from ..errors import ArgumentValueError, DeviceError, TiledCorrError
 from .machine import describe_machine
 from ..ops.plan import plan
@@ -46,10 +53,12 @@ def int_or_pair(text: str) -> int | tuple[int, ...]:
 
 
 def shape(text: str) -> tuple[int, ...]:
-    """``"4,128,96,96"`` -> (4, 128, 96, 96)."""
+    """``"4,128,96,96"`` -> (4, 128, 96, 96); five values for volumes."""
     values = _ints(text, "comma-separated ints B,C,H,W such as 4,128,96,96")
     if len(values) not in (4, 5):
         raise argparse.ArgumentTypeError(f"expected B,C,H,W (or B,C,D,H,W), got {text!r} with {len(values)} values")
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative sizes B,C,H,W (or B,C,D,H,W), got {text!r}")
     return values
 
 
@@ -65,15 +74,24 @@ def at_least(minimum: int):
     return parse
 
 
-def budget(text: str) -> str | float:
-    """A memory budget: ``"1GiB"``, ``"268435456"``, or a fraction of free memory with a decimal point (``"0.25"``)."""
-    if "." in text:
-        try:
-            value = float(text)
-        except ValueError:
-            return text  # "1.5GiB": a size with units
-        if 0 < value <= 1:
-            return value
+#: ``--budget``'s help: the rule of :func:`tiledcorr.resolve_budget`, the same as in the API.
+BUDGET_HELP = ("workspace budget: an integer is bytes (268435456), a size with units is bytes (512MiB, 1.5GiB), "
+               "a number with a decimal point is a fraction of the free memory in (0, 1] (0.25); 1.5 without "
+               "units is refused")
+
+
+def budget(text: str) -> str:
+    """A memory budget, checked by :func:`tiledcorr.budget.parse_budget` and passed on as written.
+
+    ``"1GiB"`` and ``"268435456"`` are bytes, ``"0.25"`` a fraction of the free
+    memory; the API reads the same strings the same way.
+    """
+    try:
+        parse_budget(text)
+    except TiledCorrError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a budget: an integer or a size with units is bytes (268435456, 512MiB, 1.5GiB), "
+            "a number with a decimal point is a fraction of the free memory in (0, 1] (0.25)") from None
     return text
 
 
@@ -99,15 +117,50 @@ def device(text: str) -> torch.device:
 # --------------------------------------------------------------------------- parser
 
 
-def _add_problem_options(parser: argparse.ArgumentParser, *, budget_default: Any = None) -> None:
-    parser.add_argument("--shape", type=shape, required=True, help="input shape B,C,H,W (both inputs)")
+class UsageError(Exception):
+    """An argument that is wrong by itself, found after parsing but before any work (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (and the same exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _RefuseSweepBudget(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("sweep measures each budget of --budgets (e.g. --budgets 64MiB,1GiB); --budget is for plan "
+                     "and profile")
+
+
+def _version() -> str:
+    """The installed distribution's version, or the package's own when it is not installed."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        PackageNotFoundError, version = Exception, None
+    try:
+        return version("tiledcorr")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def _add_problem_options(parser: argparse.ArgumentParser, *, budget_default: Any = None, with_budget: bool = True) -> None:
+    parser.add_argument("--shape", type=shape, required=True,
+                        help="input shape B,C,H,W of both inputs, or B,C,D,H,W for volumes (5-D)")
     for name, default in PARAM_DEFAULTS.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int_or_pair, default=default,
                             help=f"int or h,w (default {default})")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="input dtype (default float32)")
     parser.add_argument("--device", type=device, default=torch.device("cpu"), help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--budget", type=budget, default=budget_default,
-                        help="workspace budget: 1GiB, 512MiB, bytes, or a fraction such as 0.25 (default: half the free memory)")
+    if with_budget:
+        parser.add_argument("--budget", type=budget, default=budget_default,
+                            help=BUDGET_HELP + " (default: half the free memory)")
+    else:
+        parser.add_argument("--budget", action=_RefuseSweepBudget, help=argparse.SUPPRESS)
     parser.add_argument("--backward", action="store_true", help="plan/measure the backward too (both input gradients)")
 
 
@@ -126,37 +179,56 @@ def _add_measure_options(parser: argparse.ArgumentParser, *, repeat: int) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tiledcorr`` argument parser with its four subcommands."""
-    parser = argparse.ArgumentParser(prog="tiledcorr", description="Exact spatial correlation within a memory budget: tools.")
+    parser = _Parser(prog="tiledcorr", description="Exact spatial correlation within a memory budget: tools.")
+    parser.add_argument("--version", action="version", version=f"tiledcorr {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{plan,profile,sweep,demo}")
 
-    p = sub.add_parser("plan", help="print the plan for a problem (no tensors are allocated)")
+    def command(name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+                              epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("plan", "print the plan for a problem (no tensors are allocated)",
+                "The strategy, tile sizes, predicted workspace and output size tiledcorr would use,\n"
+                "from shapes alone: nothing is allocated, so any device and size can be planned.",
+                "tiledcorr plan --shape 4,128,96,96 --patch-size 41 --budget 256MiB --backward")
     _add_problem_options(p)
     _add_reduction_options(p, "plan")
     p.add_argument("--json", action="store_true", help="print plan.to_dict() as JSON")
     p.set_defaults(run=cmd_plan)
 
-    p = sub.add_parser("profile", help="time the layer and measure its peak memory on random data")
+    p = command("profile", "time the layer and measure its peak memory on random data",
+                "Median time over --repeat runs and the peak memory above the inputs, measured\n"
+                "against the plan's prediction (optionally against the naive unfold approach).",
+                "tiledcorr profile --shape 2,64,64,64 --patch-size 21 --budget 64MiB --compare naive")
     _add_problem_options(p)
     _add_reduction_options(p, "measure")
     _add_measure_options(p, repeat=5)
     p.add_argument("--compare", choices=["naive"], help="also measure the naive unfold approach (where it fits)")
     p.set_defaults(run=cmd_profile)
 
-    p = sub.add_parser("sweep", help="time and peak memory for several budgets (to choose one)")
-    _add_problem_options(p)
+    p = command("sweep", "time and peak memory for several budgets (to choose one)",
+                "One plan and measurement per budget of --budgets (a sweep has no --budget),\n"
+                "as a table, JSON, or a figure (--plot, needs matplotlib).",
+                "tiledcorr sweep --shape 4,128,96,96 --patch-size 41 --budgets 64MiB,256MiB,1GiB --plot sweep.png")
+    _add_problem_options(p, with_budget=False)
     _add_reduction_options(p, "measure")
     _add_measure_options(p, repeat=3)
     p.add_argument("--budgets", type=budget_list, default=budget_list("64MiB,256MiB,1GiB,4GiB"),
-                   help="comma-separated budgets (default 64MiB,256MiB,1GiB,4GiB)")
+                   help="comma-separated budgets, each read as --budget is by plan (default 64MiB,256MiB,1GiB,4GiB)")
     p.add_argument("--plot", type=Path, help="write a figure of time and peak memory against the budget (needs matplotlib)")
     p.set_defaults(run=cmd_sweep)
 
-    p = sub.add_parser("demo", help="recover a large displacement field (patch 41) from a cost volume")
+    p = command("demo", "recover a large displacement field (patch 41) from a cost volume",
+                "A synthetic image pair with a known displacement field of up to 22 px; the\n"
+                "argmax of the cost volume recovers it. Prints accuracy, time and memory, and\n"
+                "writes demo.png (needs matplotlib). About 10-20 s on a laptop CPU at the default size.",
+                "tiledcorr demo --out ./tiledcorr-demo --budget 64MiB")
     p.add_argument("--out", type=Path, default=Path("tiledcorr-demo"), help="folder for demo.png (default ./tiledcorr-demo)")
-    p.add_argument("--size", type=at_least(24), default=256, help="image height and width (default 256)")
+    p.add_argument("--size", type=at_least(DEMO_MIN_SIZE), default=256,
+                   help=f"image height and width, at least {DEMO_MIN_SIZE} (default 256)")
     p.add_argument("--patch-size", type=at_least(3), default=41, help="displacements per dimension (default 41: radius 20)")
     p.add_argument("--channels", type=at_least(1), default=32, help="feature channels (default 32)")
-    p.add_argument("--budget", type=budget, default="64MiB", help="workspace budget (default 64MiB)")
+    p.add_argument("--budget", type=budget, default="64MiB", help=BUDGET_HELP + " (default 64MiB)")
     p.add_argument("--device", type=device, default=torch.device("cpu"), help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the texture and filters (default 0)")
     p.set_defaults(run=cmd_demo)
@@ -184,7 +256,7 @@ def _problem(args: argparse.Namespace) -> Problem:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """``tiledcorr plan``: the plan report, or its JSON."""
-    relative = args.budget is None or isinstance(args.budget, float)
+    relative = is_relative(args.budget)
     if args.device.type == "cuda" and not torch.cuda.is_available() and relative:
         raise ArgumentValueError("planning for cuda on a machine without one needs an absolute --budget such as 8GiB "
                                  "(the default is a fraction of the device's free memory)")
@@ -246,7 +318,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``tiledcorr sweep``: a table (and figure) of time and peak memory per budget."""
     if args.plot is not None:
-        import_pyplot()  # fail before measuring, not after
+        check_figure_path(args.plot)  # fail before measuring, not after
     problem = _problem(args)
     bar = Progress(runs_per_measurement(args.repeat, args.warmup) * len(args.budgets), str(args.budgets[0]))
     rows = sweep(problem, args.budgets, repeat=args.repeat, warmup=args.warmup, progress=bar)
@@ -277,9 +349,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``tiledcorr demo``: the large-displacement example; prints accuracy, time and memory, writes a figure."""
     import_pyplot()  # fail before computing, not after
+    check_writable_folder(args.out, "--out")
     config = DemoConfig(size=args.size, patch_size=args.patch_size, channels=args.channels,
                         memory_budget=args.budget, device=str(_available(args.device)), seed=args.seed)
-    r = run_demo(config, args.out)
+    bar = Progress(demo_steps(), "demo")
+    r = run_demo(config, args.out, progress=bar)
+    bar.close()
     p, g = r.plan, r.plan.geometry
     low, mean, high = r.flow_magnitude
     print(f"tiledcorr demo: {config.size}x{config.size} image pair, C={config.channels} features, patch "
@@ -298,6 +373,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_writable_folder(path: Path, option: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` is, or can be created as, a folder."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is" if folder == path else f"is under {folder}, which is"
+                raise UsageError(f"{option} {path} {what} a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise UsageError(f"{option} {path}: {folder} is not writable")
+            return
+
+
+#: Figure formats a matplotlib without extra backends writes (checked without importing matplotlib).
+FIGURE_FORMATS = ("eps", "jpeg", "jpg", "pdf", "pgf", "png", "ps", "raw", "rgba", "svg", "svgz", "tif", "tiff", "webp")
+
+
+def check_figure_path(path: Path) -> None:
+    """Check ``--plot`` before measuring: matplotlib is installed, the format is known, the folder writable."""
+    import_pyplot()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix and suffix not in FIGURE_FORMATS:
+        raise UsageError(f"--plot {path}: matplotlib cannot write .{suffix} figures; use one of "
+                         f"{', '.join('.' + f for f in FIGURE_FORMATS)} (e.g. sweep.png)")
+    if path.is_dir():
+        raise UsageError(f"--plot {path} is a folder; give a file name such as {path / 'sweep.png'}")
+    check_writable_folder(path.parent if str(path.parent) else Path("."), "--plot")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--shape -1,2,8,8`` -> ``--shape=-1,2,8,8``: argparse takes a value starting with ``-`` for an option.
+
+    The value is then checked (and refused) by its type, with a message about the value.
+    """
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if (token.startswith("--") and "=" not in token and i + 1 < len(argv)
+                and re.match(r"^-[0-9.]", argv[i + 1])):
+            joined.append(f"{token}={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(token)
+            i += 1
+    return joined
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tiledcorr`` console script and ``python -m tiledcorr``.
 
@@ -305,11 +431,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (``sys.argv[1:]`` when ``None``).
 
     Returns:
-        The exit status.
+        The exit status (see the module docstring).
     """
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    prefix = f"tiledcorr {args.command}: error:"
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return code
+    except UsageError as exc:
+        print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+        return 2
     except (TiledCorrError, ImportError) as exc:
-        print(f"tiledcorr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader stopped (| head): end quietly. Python would report the failed flush at exit, so
+        # stdout is pointed at /dev/null first (the recipe of Python's signal documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe stopped
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(f"{prefix} out of memory: {_one_line(exc).split(' (most recent call')[0][:300]}; reduce --shape "
+              "or the parameters", file=sys.stderr)
         return 1

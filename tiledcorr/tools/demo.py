@@ -31,10 +31,15 @@ from ..ops.correlate_reduce import correlate_reduce
 from ..ops.plan import plan
 from ..planning.planner import Plan
 from .plotting import import_pyplot
+from .progress import Progress
 from ..typing import BudgetLike
 
 #: Half-width of the feature filters; features closer than this to the border are not trusted.
 FILTER_RADIUS = 4
+
+#: Blur scales of :func:`texture`, and the smallest image its reflected borders allow (pad < size).
+TEXTURE_SCALES = ((0.8, 0.5), (2.0, 1.0), (5.0, 1.0), (12.0, 0.7))
+DEMO_MIN_SIZE = math.ceil(3 * max(sigma for sigma, _ in TEXTURE_SCALES)) + 1
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ def texture(size: int, generator: torch.Generator) -> torch.Tensor:
         Tensor of shape ``(1, 1, size, size)``, float32.
     """
     image = torch.zeros(1, 1, size, size)
-    for sigma, weight in ((0.8, 0.5), (2.0, 1.0), (5.0, 1.0), (12.0, 0.7)):
+    for sigma, weight in TEXTURE_SCALES:
         layer = _gaussian_blur(torch.randn(1, 1, size, size, generator=generator), sigma)
         image += weight * layer / layer.std()
     return (image - image.mean()) / image.std()
@@ -328,26 +333,36 @@ def make_pair(config: DemoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return warp(image2, flow), image2, flow
 
 
-def run_demo(config: DemoConfig, out_dir: str | Path) -> DemoResult:
+def demo_steps() -> int:
+    """Steps :func:`run_demo` reports to its progress bar: the data, the warm-up, each method, the figure."""
+    return 3 + len(ARGMAX_METHODS)
+
+
+def run_demo(config: DemoConfig, out_dir: str | Path, progress: Progress | None = None) -> DemoResult:
     """Build the image pair, recover the displacements with each method, score them, draw the figure.
 
     Args:
         config: sizes, budget, device and seed.
         out_dir: folder for the figure ``demo.png`` (created if missing).
+        progress: advanced by one at each of the :func:`demo_steps` steps.
 
     Returns:
         The :class:`DemoResult`; the figure is written as a side effect.
     """
+    step = progress.advance if progress is not None else (lambda steps=1, label=None: None)
+    step(0, label="image pair and features")
     image1, image2, flow = make_pair(config)
     filters_seed = config.seed + 1  # the same filters for both images
     feat1 = features(image1, config.channels, torch.Generator().manual_seed(filters_seed)).to(config.device)
     feat2 = features(image2, config.channels, torch.Generator().manual_seed(filters_seed)).to(config.device)
     plan_ = plan(feat1.shape, patch_size=config.patch_size, device=config.device, memory_budget=config.memory_budget)
+    step(1, label="warm-up")
 
     # Warm-up on a corner: starts the thread pools and the allocator, so the first method is not charged for it.
     correlate(feat1[..., :16, :16], feat2[..., :16, :16], patch_size=config.patch_size)
     methods, estimate = [], None
-    for method in ARGMAX_METHODS:
+    step(1, label=ARGMAX_METHODS[0].name)
+    for i, method in enumerate(ARGMAX_METHODS):
         call = lambda: method.run(feat1, feat2, config.patch_size, config.memory_budget)  # noqa: E731
         start = time.perf_counter()
         result, peak = peak_memory(call, config.device)
@@ -358,12 +373,14 @@ def run_demo(config: DemoConfig, out_dir: str | Path) -> DemoResult:
         agreement = (result == estimate).all(dim=0).float().mean().item()
         predicted = method.predicted_peak(feat1, config.patch_size, config.memory_budget)
         methods.append(MethodResult(method.name, seconds, peak, predicted, agreement))
+        step(1, label=ARGMAX_METHODS[i + 1].name if i + 1 < len(ARGMAX_METHODS) else "figure")
 
     mask = valid_mask(flow, config.radius, FILTER_RADIUS + 1)
     epe = endpoint_error(estimate, flow)
     scored = epe[mask]
     magnitude = flow.norm(dim=0)
     figure = draw_figure(image1, image2, flow, estimate, epe, mask, config, Path(out_dir) / "demo.png")
+    step(1)
     return DemoResult(
         config=config, plan=plan_,
         flow_magnitude=(magnitude.min().item(), magnitude.mean().item(), magnitude.max().item()),

@@ -1,4 +1,4 @@
-"""A minimal progress bar on stderr that only appears for runs longer than a few seconds."""
+"""A minimal progress bar on stderr that only appears on a terminal, for runs longer than a few seconds."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ class Progress:
         label: text after the bar.
         stream: where to draw (stderr by default, so stdout stays parseable).
         delay: seconds before the first draw.
+        enabled: whether to draw at all; by default only when ``stream`` is a
+            terminal, so logs and pipes get no carriage-return noise.
 
     Example:
         >>> bar = Progress(10, "sweep")
@@ -27,11 +29,16 @@ class Progress:
         >>> bar.close()
     """
 
-    def __init__(self, total: int, label: str = "", stream: TextIO | None = None, delay: float = DELAY) -> None:
+    def __init__(self, total: int, label: str = "", stream: TextIO | None = None, delay: float = DELAY,
+                 enabled: bool | None = None) -> None:
         self.total = max(1, total)
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.delay = delay
+        if enabled is None:
+            isatty = getattr(self.stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
         self.done = 0
         self.start = time.perf_counter()
         self.width = 0  # length of the last line drawn, to blank it out when redrawing
@@ -42,7 +49,7 @@ class Progress:
         if label is not None:
             self.label = label
         elapsed = time.perf_counter() - self.start
-        if elapsed >= self.delay:
+        if self.enabled and elapsed >= self.delay:
             filled = WIDTH * self.done // self.total
             bar = "#" * filled + "." * (WIDTH - filled)
             line = f"[{bar}] {self.done}/{self.total} {elapsed:6.1f} s  {self.label}"
