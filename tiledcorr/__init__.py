@@ -1,7 +1,15 @@
 """tiledcorr: exact spatial correlation (cost volumes) in pure PyTorch, within a memory budget."""
 
 from .budget import resolve_budget
-from .compat import Correlation, CorrTorch, FlowNetCorrelation, SpatialCorrelationSampler, corr_torch, flownet_correlation, spatial_correlation_sample
+from .compat import (
+    Correlation,
+    CorrTorch,
+    FlowNetCorrelation,
+    SpatialCorrelationSampler,
+    corr_torch,
+    flownet_correlation,
+    spatial_correlation_sample,
+)
 from .errors import (
     ArgumentTypeError,
     ArgumentValueError,

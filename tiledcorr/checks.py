@@ -231,7 +231,8 @@ def check_real(name: str, value: Any) -> float:
         raise ArgumentTypeError(f"{name} must be a real number, got {show(value)}")
     if not -_FLOAT_MAX <= value <= _FLOAT_MAX:  # False for NaN and for +-inf
         raise ArgumentValueError(f"{name} must be finite, got {show(value)}")
-    return value if isinstance(value, (float, torch.SymFloat)) else float(value)
+    # A SymFloat stands for a float while the compiler traces; callers use it as one.
+    return value if isinstance(value, (float, torch.SymFloat)) else float(value)  # type: ignore[return-value]
 
 
 _FLOAT_MAX = 1.7976931348623157e308

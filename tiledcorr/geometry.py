@@ -74,8 +74,8 @@ class Geometry:
     def out_size(self) -> tuple[int, ...]:
         """Output spatial size ``(oH, oW)``; a 0 where the kernel does not fit."""
         size = tuple(
-            max(0, (n + 2 * p - ((k - 1) * l + 1)) // s + 1)
-            for n, p, k, l, s in zip(
+            max(0, (n + 2 * p - ((k - 1) * dil + 1)) // s + 1)
+            for n, p, k, dil, s in zip(
                 self.in_size, self.padding, self.kernel, self.dilation, self.stride
             )
         )

@@ -127,8 +127,10 @@ class SpatialCorrelation(Deployable, nn.Module):
         torch.Size([1, 81, 19, 34])
     """
 
-    _ARGS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch", "normalize", "flatten", "memory_budget")
-    _DEFAULTS = dict(kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1, normalize=None, flatten=False, memory_budget=None)
+    _ARGS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch", "normalize", "flatten",
+             "memory_budget")
+    _DEFAULTS = dict(kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1, normalize=None,
+                     flatten=False, memory_budget=None)
 
     def __init__(
         self, kernel_size: IntOrTuple = 1, patch_size: IntOrTuple = 1, stride: IntOrTuple = 1,

@@ -444,9 +444,9 @@ def _accumulator_bytes(geometry: Geometry, dtype: torch.dtype) -> int:
 def _size_candidates(limit: int, cap: int) -> list[int]:
     """Tile sizes worth trying up to ``limit``: powers of two and even splits."""
     limit = max(1, limit)
-    values = {1, limit} | {1 << i for i in range(limit.bit_length()) if 1 << i <= limit}
-    values |= {-(-limit // n) for n in range(2, 9)}
-    values = sorted(values)
+    found = {1, limit} | {1 << i for i in range(limit.bit_length()) if 1 << i <= limit}
+    found |= {-(-limit // n) for n in range(2, 9)}
+    values = sorted(found)
     if len(values) > cap:  # keep the extremes and an even spread
         picks = np.unique(np.linspace(0, len(values) - 1, cap).round().astype(int))
         values = [values[i] for i in picks]

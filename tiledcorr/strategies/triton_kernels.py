@@ -747,7 +747,7 @@ def reduce_forward(x1: torch.Tensor, x2: torch.Tensor, *, reduction: str, k: int
             else:
                 _softargmax_fwd_kernel[grid](x1, x2, E, mx, zn, *common, 1.0 / float(temperature), **L.meta())
         return E, mx, zn
-    K = 1 if reduction in ("max", "argmax") else int(k)
+    K = 1 if reduction in ("max", "argmax") else int(k if k is not None else 0)
     if not 1 <= K <= L.PH * L.PW:
         raise ValueError(f"k must be in [1, {L.PH * L.PW}] (the number of displacements), got {k!r}")
     values = torch.empty((L.B, K, L.oH, L.oW), dtype=torch.float32, device=dev)

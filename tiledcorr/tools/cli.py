@@ -97,7 +97,7 @@ def budget(text: str) -> str:
 
 def budget_list(text: str) -> list[str | float]:
     """``"64MiB,256MiB,1GiB"`` -> one budget each."""
-    budgets = [budget(v.strip()) for v in text.split(",") if v.strip()]
+    budgets: list[str | float] = [budget(v.strip()) for v in text.split(",") if v.strip()]
     if not budgets:
         raise argparse.ArgumentTypeError(f"expected comma-separated budgets such as 64MiB,1GiB, got {text!r}")
     return budgets
@@ -136,10 +136,8 @@ class _RefuseSweepBudget(argparse.Action):
 
 def _version() -> str:
     """The installed distribution's version, or the package's own when it is not installed."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover - Python < 3.8
-        PackageNotFoundError, version = Exception, None
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("tiledcorr")
     except PackageNotFoundError:
@@ -336,6 +334,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 print(f"  {row.budget:>9}  too small: {row.error}")
                 continue
             r, p = row.result, row.plan
+            assert p is not None  # a measured row has its plan
             note = f"  (same tiling as {row.same_as}, not rerun)" if row.same_as else ""
             print(f"  {row.budget:>9}  {p.strategy:<12} {p.passes:>7}  {format_bytes(r.predicted_workspace_bytes):>19}  "
                   f"{format_bytes(r.measured_workspace_bytes):>10}  {format_bytes(r.predicted_peak_bytes):>14}  "

@@ -375,6 +375,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, progress: Progress | None 
         methods.append(MethodResult(method.name, seconds, peak, predicted, agreement))
         step(1, label=ARGMAX_METHODS[i + 1].name if i + 1 < len(ARGMAX_METHODS) else "figure")
 
+    assert estimate is not None  # ARGMAX_METHODS is not empty
     mask = valid_mask(flow, config.radius, FILTER_RADIUS + 1)
     epe = endpoint_error(estimate, flow)
     scored = epe[mask]
