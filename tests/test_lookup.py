@@ -325,7 +325,7 @@ def _bad_cases():
         (dict(ok, num_levels=5), ShapeError, "num_levels=5 needs fmap1 and fmap2 of at least 16 pixels"),
         (dict(ok, normalize="mean"), ArgumentValueError, "normalize must be one of"),
         (dict(ok, normalize=1), ArgumentTypeError, "normalize must be None or a string"),
-        (dict(ok, memory_budget=-5), ArgumentValueError, "memory_budget must be a positive number"),
+        (dict(ok, memory_budget=-5), ArgumentValueError, "memory_budget as bytes must be a positive int"),
         (dict(ok, memory_budget=[1]), ArgumentTypeError, "memory_budget must be"),
     ]
 

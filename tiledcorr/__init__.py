@@ -24,8 +24,8 @@ from .ops.flow import displacement_to_flow, index_to_displacement, volume_to_flo
 from .compat.mmcv import MMCVCorrelation, mmcv_correlation
 from .planning.planner import Plan
 from .reductions import TopK
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CorrelationReduce", "TopK", "correlate_reduce",

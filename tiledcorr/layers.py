@@ -14,7 +14,7 @@ it imports nothing of tiledcorr, so that tests can trust it.
 from __future__ import annotations
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "typing", "dtypes", "layers", "reference"),  # no tiledcorr imports
+    ("errors", "typing", "dtypes", "layers", "reference", "version"),  # no tiledcorr imports
     ("checks",),  # validation helpers and typed errors
     ("geometry", "budget"),  # pure arithmetic of shapes; the memory_budget argument
     ("planning",),  # shapes only: tilings, the strategy registry, cost models, plans
@@ -29,4 +29,4 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 #: Modules that must not import anything of tiledcorr at all.
-STANDALONE = ("reference", "layers")
+STANDALONE = ("reference", "layers", "version")

@@ -141,7 +141,7 @@ def _version() -> str:
     try:
         return version("tiledcorr")
     except PackageNotFoundError:
-        from .. import __version__
+        from ..version import __version__
 
         return __version__
 
