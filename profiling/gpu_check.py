@@ -615,6 +615,9 @@ def time_config(ctx: "Run", name: str, shape, kw: dict, dtype_name: str, cpp_rat
 
     for strategy in strategy_names():
         label = f"tiledcorr:{strategy}"
+        if ctx.smoke and strategy == "triton":  # the interpreter's speed says nothing; the correctness stage ran it
+            row(label, "not timed in --smoke (Triton interpreter)")
+            continue
         try:
             p_fwd = tiledcorr.plan(shape, **kw, dtype=dtype, device=device, strategy=strategy, reduction=reduction)
             p_bwd = None if reduction else tiledcorr.plan(shape, **kw, dtype=dtype, device=device, strategy=strategy,
