@@ -24,10 +24,9 @@ from pathlib import Path
 WORKER = r"""
 import json, statistics, sys, time, torch
 sys.path.insert(0, sys.argv[1])
-sys.path.insert(0, sys.argv[2])
 import tiledcorr
-from bench import CONFIGS
-CONFIGS = dict(CONFIGS, tiny=((1, 8, 8, 8), dict(patch_size=3)))
+assert tiledcorr.__file__.startswith(sys.argv[1]), tiledcorr.__file__
+CONFIGS = {name: (tuple(shape), kw) for name, (shape, kw) in json.loads(sys.argv[2]).items()}
 torch.set_num_threads(int(sys.argv[3]))
 steps = {}
 for name, (shape, kw) in CONFIGS.items():
@@ -65,17 +64,18 @@ def main() -> None:
     parser.add_argument("--tiny-calls", type=int, default=200, help="calls per tiny-call sample (median)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    here = str(Path(__file__).resolve().parent)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench import CONFIGS  # the configurations only: the workers import nothing of this tree but its package
+
+    configs = dict(CONFIGS, tiny=((1, 8, 8, 8), dict(patch_size=3)))
     workers = {}
     for label, tree in (("before", args.before), ("after", args.after)):
-        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(Path(tree).resolve()), here, str(args.threads)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # -I: no user site and no current directory on the path, so each worker imports its own tree's tiledcorr.
+        proc = subprocess.Popen([sys.executable, "-I", "-c", WORKER, str(Path(tree).resolve()), json.dumps(configs),
+                                 str(args.threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         workers[label] = proc
-    sys.path.insert(0, here)
-    from bench import CONFIGS
-
-    names = [*CONFIGS, "tiny"]
+    names = list(configs)
     samples = {(n, k, w): [] for n in names for k in ("fwd", "fwd+bwd") for w in workers}
     for _ in range(args.repeat):
         for name in names:
