@@ -504,6 +504,9 @@ def stage_correctness(ctx: "Run", budget: Budget) -> dict:
                     if budget.spent():
                         chk.add(key, "all", None, None, status="skipped", detail="stage budget spent")
                         continue
+                    if ctx.smoke and strategy == "triton" and c > 0:  # the interpreter is slow; the GPU runs all
+                        chk.add(key, "all", None, None, status="refused", detail="--smoke: the interpreter runs case 1 only")
+                        continue
                     try:
                         plan = forced_plan(shape, case.params, dtype, device, strategy, requires_grad=True,
                                            several_tiles=case.several_tiles)

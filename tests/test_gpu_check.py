@@ -105,6 +105,8 @@ def test_timing_rows_cover_every_configuration_and_contender(smoke):
         for dtype in ("float32", "bfloat16"):
             got = {r["contender"]: r for r in rows if r["config"] == config and r["dtype"] == dtype}
             for name in [f"tiledcorr:{s}" for s in STRATEGIES] + ["naive", "cublas", "copy"]:
+                if name == "tiledcorr:triton" and "not timed in --smoke" in got[name]["note"]:
+                    continue  # the interpreter's speed says nothing (the correctness stage checks it)
                 assert got[name]["forward_ms"] and got[name]["forward_ms"] > 0, (config, dtype, name, got.get(name))
                 if config != "argmax81" and name != "copy":
                     assert got[name]["forward_backward_ms"] and got[name]["forward_backward_ms"] > 0, (config, dtype, name)
