@@ -28,6 +28,7 @@ from .version import __version__
 
 
 __all__ = [
+    "__version__",
     "CorrelationReduce", "TopK", "correlate_reduce",
     "CorrBlock", "CorrelationLookup", "LookupPlan", "correlate_lookup", "plan_lookup",
     "Correlation", "CorrTorch", "FlowNetCorrelation", "SpatialCorrelationSampler", "corr_torch", "flownet_correlation",
