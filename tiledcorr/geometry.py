@@ -22,10 +22,11 @@ input1 tile against that region contains every product the tile needs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator
 
 from .errors import ArgumentValueError
+from .memo import cached, cached_hash
 
 #: Largest value a tensor size, index or stride can take (torch's int64).
 INT64_MAX = 2**63 - 1
@@ -65,12 +66,12 @@ class Geometry:
     dilation_patch: tuple[int, ...]
     out_limit: tuple[int, ...] | None = None
 
-    @property
+    @cached
     def ndim(self) -> int:
         """Number of spatial dimensions (2 for images, 3 for volumes)."""
         return len(self.in_size)
 
-    @property
+    @cached
     def out_size(self) -> tuple[int, ...]:
         """Output spatial size ``(oH, oW)``; a 0 where the kernel does not fit."""
         size = tuple(
@@ -83,34 +84,34 @@ class Geometry:
             size = tuple(min(o, limit) for o, limit in zip(size, self.out_limit))
         return size
 
-    @property
+    @cached
     def out_shape(self) -> tuple[int, ...]:
         """Shape of the cost volume: ``(B, *patch, *out_size)``."""
         return (self.batch, *self.patch, *self.out_size)
 
-    @property
+    @cached
     def radius(self) -> tuple[int, ...]:
         """Index of the zero displacement along each patch dimension."""
         return tuple((P - 1) // 2 for P in self.patch)
 
-    @property
+    @cached
     def num_displacements(self) -> int:
         return math.prod(self.patch)
 
-    @property
+    @cached
     def kernel_volume(self) -> int:
         return math.prod(self.kernel)
 
-    @property
+    @cached
     def num_positions(self) -> int:
         return math.prod(self.out_size)
 
-    @property
+    @cached
     def is_empty(self) -> bool:
         """True when the output or the sums are empty (B, C or a spatial size is 0)."""
         return self.batch == 0 or self.channels == 0 or self.num_positions == 0
 
-    @property
+    @cached
     def no_tiles(self) -> bool:
         """True when no tile runs (B or the output's positions are 0): nothing is computed, no workspace is needed."""
         return self.batch == 0 or self.num_positions == 0
@@ -121,7 +122,12 @@ class Geometry:
         return [(j - R) * q for j in range(self.patch[dim])]
 
     def lattice(self, dim: int) -> "Lattice":
-        """The tile lattice constants of one spatial dimension.
+        """The tile lattice constants of one spatial dimension (see :attr:`lattices`)."""
+        return self.lattices[dim]
+
+    @cached
+    def lattices(self) -> tuple["Lattice", ...]:
+        """The tile lattice constants of each spatial dimension.
 
         Where the step ``t`` is at least the output size, each position class
         holds at most one position, so ``t`` and ``m`` change nothing but the
@@ -129,17 +135,25 @@ class Geometry:
         every step and stride the engine derives from it (``t * s``, ``m`` times
         a buffer stride) small however large ``stride`` and ``dilation_patch`` are.
         """
-        s, q = self.stride[dim], self.dilation_patch[dim]
-        g = math.gcd(s, q)
-        step, out = q // g, self.out_size[dim]
-        if step >= out:
-            return Lattice(step=max(out, 1), region_step=1)
-        return Lattice(step=step, region_step=s // g)
+        return tuple(_lattice(s, q, out) for s, q, out in zip(self.stride, self.dilation_patch, self.out_size))
 
-    @property
+    @cached
     def flops(self) -> int:
         """Multiply-adds of the exact correlation, times two."""
         return 2 * self.batch * self.channels * self.kernel_volume * self.num_displacements * self.num_positions
+
+    # Geometries key the plan caches on every call: the hash, like the derived sizes above, is computed once.
+    def __hash__(self) -> int:
+        return cached_hash(self, lambda: tuple(getattr(self, f.name) for f in fields(self)))
+
+
+def _lattice(stride: int, dilation_patch: int, out_size: int) -> "Lattice":
+    """:attr:`Geometry.lattices` of one dimension."""
+    g = math.gcd(stride, dilation_patch)
+    step = dilation_patch // g
+    if step >= out_size:
+        return Lattice(step=max(out_size, 1), region_step=1)
+    return Lattice(step=step, region_step=stride // g)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "typing", "dtypes", "layers", "reference", "version"),  # no tiledcorr imports
-    ("checks",),  # validation helpers and typed errors
+    ("checks", "memo"),  # validation helpers and typed errors; cached properties
     ("geometry", "budget"),  # pure arithmetic of shapes; the memory_budget argument
     ("planning",),  # shapes only: tilings, the strategy registry, cost models, plans
     ("execution",),  # the tile loop, workspace, gather/scatter, sinks, NaN/Inf path, retries

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
 import torch
 
 from ..geometry import Geometry
-from .gather import gather, input1_lattice, input2_lattice, scatter_add
+from .gather import gather, input1_window, input2_window, scatter_add
 from .sinks import CaptureSink
 from .tiles import Tile
 from .workspace import Workspace
+
+
+@functools.lru_cache(maxsize=64)
+def kernel_offsets(kernel: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Every offset of the kernel window, row-major."""
+    return tuple(itertools.product(*(range(k) for k in kernel)))
 
 
 class TileContext:
@@ -20,7 +27,7 @@ class TileContext:
     def __init__(self, geometry: Geometry, x1: torch.Tensor, x2: torch.Tensor, ws: Workspace, scale: float, strategy: Any) -> None:
         self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
         self.strategy = strategy
-        self.offsets = list(itertools.product(*(range(k) for k in geometry.kernel)))
+        self.offsets = kernel_offsets(geometry.kernel)
 
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
@@ -40,7 +47,7 @@ class TileContext:
         g = self.geometry
         buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
         for k, offset in enumerate(self.offsets):
-            gather(self.x1, buf[:, k], tile, *input1_lattice(g, tile, offset))
+            gather(self.x1, buf[:, k], input1_window(g, tile, offset))
         if self.scale != 1.0:
             buf.mul_(self.scale)
         return buf
@@ -50,14 +57,14 @@ class TileContext:
         g = self.geometry
         buf = self.ws.view("x2", tile.batch, len(self.offsets), g.channels, *extent)
         for k, offset in enumerate(self.offsets):
-            gather(self.x2, buf[:, k], tile, *input2_lattice(g, tile, offset, extent))
+            gather(self.x2, buf[:, k], input2_window(g, tile, offset, tuple(extent)))
         return buf
 
     def scatter_g1(self, grad1: torch.Tensor, tile: Tile, buf: torch.Tensor) -> None:
         if self.scale != 1.0:
             buf.mul_(self.scale)
         for k, offset in enumerate(self.offsets):
-            scatter_add(grad1, buf[:, k], tile, *input1_lattice(self.geometry, tile, offset))
+            scatter_add(grad1, buf[:, k], input1_window(self.geometry, tile, offset))
 
     def scatter_g2(self, grad2: torch.Tensor, tile: Tile, buf: torch.Tensor, extent) -> None:
         """Add ``buf`` ``(Bt, kvol, C, *E)`` into ``grad2`` over the tile's region.
@@ -65,5 +72,5 @@ class TileContext:
         No scaling here: ``buf`` is a product with ``X1``, which was gathered scaled.
         """
         for k, offset in enumerate(self.offsets):
-            scatter_add(grad2, buf[:, k], tile, *input2_lattice(self.geometry, tile, offset, extent))
+            scatter_add(grad2, buf[:, k], input2_window(self.geometry, tile, offset, tuple(extent)))
 

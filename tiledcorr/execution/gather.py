@@ -1,15 +1,47 @@
-"""Gather a tile's input values into a buffer (zeros where the implicit padding lies), and scatter back."""
+"""Gather a tile's input values into a buffer (zeros where the implicit padding lies), and scatter back.
+
+The index arithmetic of a tile depends only on the geometry, the tile and the
+kernel offset, so it is computed once (:func:`input1_window`,
+:func:`input2_window`, cached) and a repeated call pays only for the copies.
+"""
 
 from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
 
 import torch
 
 from ..geometry import Geometry, clip, input1_start, input1_step, input2_start
 from .tiles import Tile
 
+#: Windows cached per (geometry, tile, kernel offset): a few thousand cover every tile of the plans in use.
+_WINDOW_CACHE = 8192
 
-def _lattice_slices(in_size, starts, steps, counts) -> tuple[list[slice], list[slice]] | None:
-    """Source and buffer slices of the in-bounds part of a lattice; None if it is empty."""
+#: Buffers of at most this many elements are zeroed whole rather than margin by margin (one call, not four).
+SMALL_BUFFER = 16384
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one kernel offset's values of a tile lie: ``source[src]`` fills ``buffer[dst]``.
+
+    Attributes:
+        src: index of the in-bounds values in an input ``(B, C, *in_size)``
+            (the tile's batch items included).
+        dst: index of the same values in a buffer ``(Bt, C, *counts)``.
+        margins: indices of the buffer's parts outside ``dst`` (implicit padding):
+            one index of the whole buffer where that is small (:data:`SMALL_BUFFER`).
+    """
+
+    src: tuple[slice, ...]
+    dst: tuple[slice, ...]
+    margins: tuple[tuple[slice, ...], ...]
+
+
+def _window(tile: Tile, channels: int, in_size, starts, steps, counts) -> Window | None:
+    """The :class:`Window` of a lattice of ``counts`` points from ``starts`` by ``steps``; None if none is in bounds."""
     src, dst = [], []
     for n, start, step, count in zip(in_size, starts, steps, counts):
         lo, hi = clip(start, step, count, n)
@@ -18,55 +50,52 @@ def _lattice_slices(in_size, starts, steps, counts) -> tuple[list[slice], list[s
         first = start + step * lo
         src.append(slice(first, first + step * (hi - lo - 1) + 1, step))
         dst.append(slice(lo, hi))
-    return src, dst
-
-
-def _zero_margins(buffer: torch.Tensor, inside: list[slice]) -> None:
-    """Zero the parts of ``buffer`` (``(Bt, C, *counts)``) outside the ``inside`` box.
-
-    Only the margins are written: zeroing the whole buffer at every border
-    tile cost as much as the copy itself.
-    """
-    for d, s in enumerate(inside):
-        for margin in (slice(0, s.start), slice(s.stop, buffer.shape[2 + d])):
+    # Only the margins are zeroed: zeroing the whole buffer at every border tile cost as much as the copy itself.
+    margins = []
+    for d, inside in enumerate(dst):
+        for margin in (slice(0, inside.start), slice(inside.stop, counts[d])):
             if margin.stop > margin.start:
-                index = [slice(None)] * buffer.dim()
+                index = [slice(None)] * (2 + len(dst))
                 index[2 + d] = margin
-                buffer[tuple(index)].zero_()
+                margins.append(tuple(index))
+    full = (slice(None), slice(None))
+    if len(margins) > 1 and tile.batch * channels * math.prod(counts) <= SMALL_BUFFER:
+        margins = [(Ellipsis,)]
+    return Window((slice(tile.b0, tile.b1), slice(None), *src), (*full, *dst), tuple(margins))
 
 
-def gather(source: torch.Tensor, buffer: torch.Tensor, tile: Tile, starts, steps, counts) -> None:
+@functools.lru_cache(maxsize=_WINDOW_CACHE)
+def input1_window(geometry: Geometry, tile: Tile, offset: tuple[int, ...]) -> Window | None:
+    """Input1's values at the tile's positions for one kernel offset (buffer ``(Bt, C, *U)``)."""
+    starts = [input1_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
+    steps = [input1_step(geometry, d) for d in range(geometry.ndim)]
+    return _window(tile, geometry.channels, geometry.in_size, starts, steps, tile.positions)
+
+
+@functools.lru_cache(maxsize=_WINDOW_CACHE)
+def input2_window(geometry: Geometry, tile: Tile, offset: tuple[int, ...], extent: tuple[int, ...]) -> Window | None:
+    """Input2's region of ``extent`` lattice points the tile reaches for one kernel offset (buffer ``(Bt, C, *E)``)."""
+    starts = [input2_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
+    return _window(tile, geometry.channels, geometry.in_size, starts, geometry.dilation_patch, extent)
+
+
+def gather(source: torch.Tensor, buffer: torch.Tensor, window: Window | None) -> None:
     """Copy ``source[b, c, start + step*n]`` into ``buffer[b, c, n]``; zeros out of bounds.
 
     Args:
         source: an input, shape ``(B, C, *in_size)``.
         buffer: shape ``(Bt, C, *counts)``.
+        window: from :func:`input1_window` or :func:`input2_window`.
     """
-    found = _lattice_slices(source.shape[2:], starts, steps, counts)
-    if found is None:
+    if window is None:
         buffer.zero_()
         return
-    src, dst = found
-    _zero_margins(buffer, dst)
-    buffer[(slice(None), slice(None), *dst)].copy_(source[(slice(tile.b0, tile.b1), slice(None), *src)])
+    for margin in window.margins:
+        buffer[margin].zero_()
+    buffer[window.dst].copy_(source[window.src])
 
 
-def scatter_add(target: torch.Tensor, buffer: torch.Tensor, tile: Tile, starts, steps, counts) -> None:
+def scatter_add(target: torch.Tensor, buffer: torch.Tensor, window: Window | None) -> None:
     """The adjoint of :func:`gather`: ``target[b, c, start + step*n] += buffer[b, c, n]``."""
-    found = _lattice_slices(target.shape[2:], starts, steps, counts)
-    if found is None:
-        return
-    src, dst = found
-    target[(slice(tile.b0, tile.b1), slice(None), *src)].add_(buffer[(slice(None), slice(None), *dst)])
-
-
-def input1_lattice(geometry: Geometry, tile: Tile, offset: tuple[int, ...]):
-    starts = [input1_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
-    steps = [input1_step(geometry, d) for d in range(geometry.ndim)]
-    return starts, steps, tile.positions
-
-
-def input2_lattice(geometry: Geometry, tile: Tile, offset: tuple[int, ...], extent):
-    starts = [input2_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
-    return starts, list(geometry.dilation_patch), extent
-
+    if window is not None:
+        target[window.src].add_(buffer[window.dst])

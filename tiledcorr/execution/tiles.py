@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..geometry import Geometry, Span, output_slice, spans
+from ..geometry import Geometry, Span, count_spans, output_slice, spans
+from ..memo import cached, cached_hash
 from ..planning.tiling import Tiling
 
 
@@ -18,26 +20,52 @@ class Tile:
     b1: int
     spans: tuple[Span, ...]
 
-    @property
+    # Tiles key the caches of their index arithmetic (gather windows, volume
+    # indices): their sizes and hash are computed once.
+    @cached
     def batch(self) -> int:
         return self.b1 - self.b0
 
-    @property
+    @cached
     def positions(self) -> tuple[int, ...]:
         return tuple(s.count for s in self.spans)
 
-    @property
+    @cached
     def displacements(self) -> tuple[int, ...]:
         return tuple(s.disp_count for s in self.spans)
 
-    @property
+    def __hash__(self) -> int:
+        return cached_hash(self, lambda: (self.b0, self.b1, self.spans))
+
+    @cached
     def shape(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         """Batch items, positions and displacements: tiles of one shape use the same buffer views."""
         return self.batch, self.positions, self.displacements
 
 
-def iter_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
-    """All tiles of a plan; together they cover every output element exactly once."""
+#: Plans with at most this many tiles keep their tiles (and so the caches keyed by them) between calls.
+CACHED_TILES = 4096
+
+
+def iter_tiles(geometry: Geometry, tiling: Tiling) -> Iterable[Tile]:
+    """All tiles of a plan; together they cover every output element exactly once.
+
+    The same :class:`Tile` objects each call for plans of up to
+    :data:`CACHED_TILES` tiles (a tuple), generated afresh for larger ones.
+    """
+    tiles = _cached_tiles(geometry, tiling)
+    return _generate_tiles(geometry, tiling) if tiles is None else tiles
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_tiles(geometry: Geometry, tiling: Tiling) -> tuple[Tile, ...] | None:
+    count = -(-geometry.batch // tiling.batch_tile)
+    for d in range(geometry.ndim):
+        count *= count_spans(geometry, d, tiling.tile[d], tiling.disp_tile[d])
+    return tuple(_generate_tiles(geometry, tiling)) if count <= CACHED_TILES else None
+
+
+def _generate_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
     per_dim = [
         list(spans(geometry, d, tiling.tile[d], tiling.disp_tile[d])) for d in range(geometry.ndim)
     ]
@@ -47,6 +75,7 @@ def iter_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
             yield Tile(b0, b1, combo)
 
 
+@functools.lru_cache(maxsize=8192)
 def volume_index(geometry: Geometry, tile: Tile) -> tuple[slice, ...]:
     """Index of the tile's block in a ``(B, *patch, *out_size)`` volume."""
     disp = tuple(slice(s.disp_start, s.disp_start + s.disp_count) for s in tile.spans)
@@ -54,6 +83,7 @@ def volume_index(geometry: Geometry, tile: Tile) -> tuple[slice, ...]:
     return (slice(tile.b0, tile.b1), *disp, *pos)
 
 
+@functools.lru_cache(maxsize=4096)
 def region_extent(geometry: Geometry, tile_positions: tuple[int, ...], tile_disps: tuple[int, ...]) -> tuple[int, ...]:
     """Size of the input2 region ``E`` a tile reads, per dimension."""
     return tuple(

@@ -29,7 +29,8 @@ class Workspace:
         return self._prefix(name, shape)
 
     def _prefix(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        return self._flat[name][: math.prod(shape)].view(shape)
+        flat, n = self._flat[name], math.prod(shape)
+        return (flat if flat.numel() == n else flat[:n]).view(shape)
 
     def zeroed_view(self, name: str, key: Hashable, *shape: int) -> torch.Tensor:
         """Like :meth:`view`, but zero wherever the caller does not write.

@@ -184,7 +184,42 @@ def make_geometry(
     input2_shape: Sequence[int] | None,
     kernel_size, patch_size, stride, padding, dilation, dilation_patch,
 ) -> Geometry:
-    """Validate shapes and parameters and build the :class:`Geometry`."""
+    """Validate shapes and parameters and build the :class:`Geometry`.
+
+    A repeated call with the same shapes and plain int (or tuple of int)
+    parameters returns the same, already validated, geometry (a dictionary
+    lookup): every public call starts here.
+    """
+    params = (kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    key = None
+    if type(input1_shape) is torch.Size and all(map(_is_plain, params)) and not torch.compiler.is_compiling():
+        key = (input1_shape, input2_shape, params)
+        cached = _GEOMETRIES.get(key)
+        if cached is not None:
+            return cached
+    geometry = _make_geometry(input1_shape, input2_shape, *params)
+    if key is not None:
+        if len(_GEOMETRIES) >= _GEOMETRIES_MAX:
+            _GEOMETRIES.clear()
+        _GEOMETRIES[key] = geometry
+    return geometry
+
+
+#: Geometries by public arguments (:func:`make_geometry`).
+_GEOMETRIES: dict[tuple, Geometry] = {}
+_GEOMETRIES_MAX = 1024
+
+
+def _is_plain(value: Any) -> bool:
+    """An int, or a tuple of ints, exactly: arguments that hash as they validate (``True == 1`` hashes alike)."""
+    return type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
+
+
+def _make_geometry(
+    input1_shape: Sequence[int],
+    input2_shape: Sequence[int] | None,
+    kernel_size, patch_size, stride, padding, dilation, dilation_patch,
+) -> Geometry:
     shape1 = checks.check_shape("input1_shape", input1_shape)
     if input2_shape is not None and checks.check_shape("input2_shape", input2_shape) != shape1:
         raise ShapeError(f"input1 and input2 must have the same shape, got {shape1} and {tuple(input2_shape)}")
