@@ -68,7 +68,7 @@ def test_operator_called_directly_equals_correlate():
     p = tiledcorr.plan(a.shape, patch_size=3, dtype=a.dtype)
     from tiledcorr.library import common
 
-    out = torch.ops.tiledcorr.correlate(a, b, *common.geometry_args(p.geometry), 1.0, common.encode_budget(None), "")
+    out = torch.ops.tiledcorr.correlate(a, b, common.geometry_args(p.geometry), 1.0, common.encode_budget(None), "")
     torch.testing.assert_close(out, tiledcorr.correlate(a, b, patch_size=3), rtol=0, atol=0)
 
 
@@ -138,7 +138,7 @@ def test_reduction_operator_called_directly_equals_correlate_reduce():
     a, b = _inputs(8)
     geometry = tiledcorr.plan(a.shape, patch_size=3, dtype=a.dtype).geometry
     values, index, _ = torch.ops.tiledcorr.correlate_reduce(
-        a, b, *common.geometry_args(geometry), 1.0, common.encode_budget(None), "", "topk", 2, 1.0)
+        a, b, common.geometry_args(geometry), 1.0, common.encode_budget(None), "", "topk", 2, 1.0)
     expected = tiledcorr.correlate_reduce(a, b, patch_size=3, reduction="topk", k=2)
     torch.testing.assert_close(values, expected.values, rtol=0, atol=0)
     assert index.shape == (2, 2, 9, 11) and index.dtype == torch.long

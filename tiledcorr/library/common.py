@@ -3,8 +3,12 @@
 An operator takes only what the dispatcher, the compiler and the exporters
 can carry (tensors, ints, a float, strings):
 
-* the geometry's parameters, one int per spatial dimension (padding may be
-  negative and ``out_limit`` crops the output, for the FlowNet shim);
+* ``geometry``, the geometry's parameters as one flat list of ints: kernel,
+  patch, stride, padding, dilation and dilation_patch, one int per spatial
+  dimension each, then optionally ``out_limit`` (padding may be negative and
+  ``out_limit`` crops the output, for the FlowNet shim). One list, not seven:
+  torch's custom-operator wrapper costs time per argument, and a tiny call
+  paid tens of microseconds for them;
 * ``scale``, the normalisation factor;
 * ``budget``, the ``memory_budget`` argument encoded by :func:`encode_budget`;
 * ``tiling``, a user's plan's tiling encoded by :func:`encode_tiling`, or
@@ -88,29 +92,52 @@ def decode_tiling(encoded: str) -> Tiling:
     return Tiling(strategy, int(batch), tuple(int(v) for v in tile.split(",")), tuple(int(v) for v in disp.split(",")))
 
 
-def geometry_of(
-    shape: Sequence[int], kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-    dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int],
-) -> Geometry:
-    """The :class:`Geometry` of inputs of ``shape`` and already validated parameters.
+def geometry_of(shape: Sequence[int], params: Sequence[int]) -> Geometry:
+    """The :class:`Geometry` of inputs of ``shape`` and an operator's already validated ``geometry`` argument.
 
-    Symbolic sizes (``torch.export``'s fake kernels) stay symbolic: ``int()`` would specialise them.
+    Repeated calls return the same geometry (a dictionary lookup). Symbolic
+    sizes (``torch.export``'s fake kernels) stay symbolic: ``int()`` would
+    specialise them, and they are not cached.
     """
+    try:
+        key = (tuple(shape), tuple(params))
+        cached = _GEOMETRIES.get(key)
+    except TypeError:  # a symbolic size is unhashable
+        return _geometry(shape, params)
+    if cached is None:
+        cached = _geometry(shape, params)
+        if len(_GEOMETRIES) >= _CACHE_MAX:
+            _GEOMETRIES.clear()
+        _GEOMETRIES[key] = cached
+    return cached
+
+
+def _geometry(shape: Sequence[int], params: Sequence[int]) -> Geometry:
+    n = len(shape) - 2
+    if n < 1 or len(params) not in (6 * n, 7 * n):
+        raise ValueError(f"tiledcorr operators take 6 or 7 ints per spatial dimension in geometry, got {len(params)} "
+                         f"for {n} dimensions")
+    parts = [tuple(params[i : i + n]) for i in range(0, len(params), n)]
+    kernel, patch, stride, padding, dilation, dilation_patch = parts[:6]
     return Geometry(
-        batch=_size(shape[0]), channels=_size(shape[1]), in_size=tuple(_size(n) for n in shape[2:]),
-        kernel=tuple(kernel), patch=tuple(patch), stride=tuple(stride), padding=tuple(padding),
-        dilation=tuple(dilation), dilation_patch=tuple(dilation_patch),
-        out_limit=tuple(out_limit) if out_limit else None,
+        batch=_size(shape[0]), channels=_size(shape[1]), in_size=tuple(_size(v) for v in shape[2:]),
+        kernel=kernel, patch=patch, stride=stride, padding=padding, dilation=dilation, dilation_patch=dilation_patch,
+        out_limit=parts[6] if len(parts) == 7 else None,
     )
+
+
+#: Geometries by operator arguments, and plans by geometry and budget: a repeated call's planning is two lookups.
+_GEOMETRIES: dict[tuple, Geometry] = {}
+_CACHE_MAX = 1024
 
 
 def _size(n: Any) -> Any:
     return n if isinstance(n, torch.SymInt) else int(n)
 
 
-def geometry_args(geometry: Geometry) -> tuple[list[int], ...]:
-    """The operators' geometry arguments: the six parameters and ``out_limit`` (empty for none)."""
-    return (*(list(getattr(geometry, name)) for name in _PARAMS), list(geometry.out_limit or ()))
+def geometry_args(geometry: Geometry) -> list[int]:
+    """The operators' ``geometry`` argument: the six parameters, then ``out_limit`` if any, flat."""
+    return [v for name in _PARAMS for v in getattr(geometry, name)] + list(geometry.out_limit or ())
 
 
 def operator_args(plan: Plan | None, memory_budget: BudgetLike) -> tuple[str, str]:
@@ -120,9 +147,7 @@ def operator_args(plan: Plan | None, memory_budget: BudgetLike) -> tuple[str, st
     return f"i:{plan.budget_bytes}", encode_tiling(plan.tiling)
 
 
-#: Plans by operator arguments: a repeated call's planning is one dictionary lookup.
 _RUN_TIME_PLANS: dict[tuple, Plan] = {}
-_RUN_TIME_PLANS_MAX = 1024
 
 
 def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, requires_grad: bool,
@@ -149,7 +174,7 @@ def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tili
         else:
             plan = plan_geometry(geometry, dtype=input1.dtype, device=device, memory_budget=decode_budget(budget),
                                  requires_grad=requires_grad, sink_cost=sink_cost)
-        if len(_RUN_TIME_PLANS) >= _RUN_TIME_PLANS_MAX:
+        if len(_RUN_TIME_PLANS) >= _CACHE_MAX:
             _RUN_TIME_PLANS.clear()
         _RUN_TIME_PLANS[key] = plan
     return plan

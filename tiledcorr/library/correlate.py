@@ -18,39 +18,33 @@ from .common import geometry_of, input_grads_fake, input_grads_or_empty, plan_at
 
 @torch.library.custom_op("tiledcorr::correlate", mutates_args=())
 def correlate_op(
-    input1: torch.Tensor, input2: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int],
-    padding: Sequence[int], dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int],
-    scale: float, budget: str, tiling: str,
+    input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str, tiling: str,
 ) -> torch.Tensor:
     """The cost volume ``(B, *patch, *out_size)`` in input1's dtype."""
-    geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    geometry = geometry_of(input1.shape, geometry)
     plan = plan_at_run_time(input1, geometry, budget, tiling, requires_grad=False)
     check_output_fits(plan, input1.device)
     return forward_volume(input1, input2, plan, scale)
 
 
 @correlate_op.register_fake
-def _correlate_fake(input1, input2, kernel, patch, stride, padding, dilation, dilation_patch, out_limit, scale, budget,
-                    tiling):
-    geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
-    return input1.new_empty(geometry.out_shape)
+def _correlate_fake(input1, input2, geometry, scale, budget, tiling):
+    return input1.new_empty(geometry_of(input1.shape, geometry).out_shape)
 
 
 @torch.library.custom_op("tiledcorr::correlate_backward", mutates_args=())
 def correlate_backward_op(
-    grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, kernel: Sequence[int], patch: Sequence[int],
-    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], dilation_patch: Sequence[int],
-    out_limit: Sequence[int], scale: float, budget: str, tiling: str, need1: bool, need2: bool,
+    grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str,
+    tiling: str, need1: bool, need2: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both input gradients; an empty tensor stands for one that is not needed."""
-    geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    geometry = geometry_of(input1.shape, geometry)
     plan = plan_at_run_time(input1, geometry, budget, tiling, requires_grad=True)
     return input_grads_or_empty(input1, input2, *backward_inputs(input1, input2, grad, plan, scale, need1, need2))
 
 
 @correlate_backward_op.register_fake
-def _correlate_backward_fake(grad, input1, input2, kernel, patch, stride, padding, dilation, dilation_patch, out_limit,
-                             scale, budget, tiling, need1, need2):
+def _correlate_backward_fake(grad, input1, input2, geometry, scale, budget, tiling, need1, need2):
     return input_grads_fake(input1, input2, need1, need2)
 
 

@@ -99,7 +99,7 @@ def check_inputs(input1: Tensor, input2: Tensor, ndims: List[int]) -> int:
 
 
 def _operator_geometry(input1: Tensor, params: List[List[int]], ndim: int) -> List[List[int]]:
-    """The operator's seven geometry arguments for ``input1``'s size: six parameters and ``out_limit``."""
+    """The geometry for ``input1``'s size: six parameters and ``out_limit`` (empty for none), one list each."""
     kernel, patch, stride = expand("kernel_size", params[0], ndim), expand("patch_size", params[1], ndim), expand(
         "stride", params[2], ndim)
     padding, dilation = expand("padding", params[3], ndim), expand("dilation", params[4], ndim)
@@ -111,6 +111,14 @@ def _operator_geometry(input1: Tensor, params: List[List[int]], ndim: int) -> Li
             extent = input1.shape[d + 2] + 2 * padding[d] - crop[d] - (kernel[d] - 1) * dilation[d] - 1
             out_limit.append(_nonnegative(extent // stride[d] + 1))
     return [kernel, patch, stride, padding, dilation, dilation_patch, out_limit]
+
+
+def _flat(geometry: List[List[int]]) -> List[int]:
+    """The operators' ``geometry`` argument (``tiledcorr.library.common.geometry_args``): the lists, concatenated."""
+    flat: List[int] = []
+    for values in geometry:
+        flat.extend(values)
+    return flat
 
 
 def _nonnegative(n: int) -> int:
@@ -137,8 +145,7 @@ def correlate(input1: Tensor, input2: Tensor, params: List[List[int]], normalize
     """``tiledcorr::correlate`` for a Module: the volume ``(B, *patch, *out)``, or ``(B, prod(patch), *out)`` flattened."""
     ndim = check_inputs(input1, input2, ndims)
     g = _operator_geometry(input1, params, ndim)
-    out = torch.ops.tiledcorr.correlate(input1, input2, g[0], g[1], g[2], g[3], g[4], g[5], g[6],
-                                        _scale(normalize, input1, g[0]), budget, "")
+    out = torch.ops.tiledcorr.correlate(input1, input2, _flat(g), _scale(normalize, input1, g[0]), budget, "")
     return out.flatten(1, ndim) if flatten else out
 
 
@@ -168,11 +175,11 @@ def correlate_reduce(input1: Tensor, input2: Tensor, params: List[List[int]], no
     scale = _scale(normalize, input1, g[0])
     if reduction == "argmax":
         with torch.no_grad():  # no gradient: the operator runs its forward alone
-            results = torch.ops.tiledcorr.correlate_reduce(input1, input2, g[0], g[1], g[2], g[3], g[4], g[5], g[6],
-                                                           scale, budget, "", reduction, k, temperature)
+            results = torch.ops.tiledcorr.correlate_reduce(input1, input2, _flat(g), scale, budget, "", reduction, k,
+                                                           temperature)
         return displacements(results[1].squeeze(1), g[1], g[5], 1), results[2]
-    results = torch.ops.tiledcorr.correlate_reduce(input1, input2, g[0], g[1], g[2], g[3], g[4], g[5], g[6], scale,
-                                                   budget, "", reduction, k, temperature)
+    results = torch.ops.tiledcorr.correlate_reduce(input1, input2, _flat(g), scale, budget, "", reduction, k,
+                                                   temperature)
     if reduction == "max":
         return results[0].squeeze(1), results[2]
     if reduction == "topk":

@@ -30,35 +30,31 @@ def _plan(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, re
 
 @torch.library.custom_op("tiledcorr::correlate_reduce", mutates_args=())
 def correlate_reduce_op(
-    input1: torch.Tensor, input2: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int],
-    padding: Sequence[int], dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int],
-    scale: float, budget: str, tiling: str, reduction: str, k: int, temperature: float,
+    input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str, tiling: str,
+    reduction: str, k: int, temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A fused reduction's three results (see the module docstring)."""
-    geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    geometry = geometry_of(input1.shape, geometry)
     plan = _plan(input1, geometry, budget, tiling, reduction, k, backward=False)
     return reduce_forward(table.get(reduction), input1, input2, plan, scale, k or None, temperature)
 
 
 @correlate_reduce_op.register_fake
-def _correlate_reduce_fake(input1, input2, kernel, patch, stride, padding, dilation, dilation_patch, out_limit, scale,
-                           budget, tiling, reduction, k, temperature):
-    geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
-    return table.get(reduction).fake(geometry, input1, k)
+def _correlate_reduce_fake(input1, input2, geometry, scale, budget, tiling, reduction, k, temperature):
+    return table.get(reduction).fake(geometry_of(input1.shape, geometry), input1, k)
 
 
 @torch.library.custom_op("tiledcorr::correlate_reduce_backward", mutates_args=())
 def correlate_reduce_backward_op(
     grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, result: torch.Tensor, index_or_max: torch.Tensor,
-    normaliser: torch.Tensor, kernel: Sequence[int], patch: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-    dilation: Sequence[int], dilation_patch: Sequence[int], out_limit: Sequence[int], scale: float, budget: str,
-    tiling: str, reduction: str, k: int, temperature: float, need1: bool, need2: bool,
+    normaliser: torch.Tensor, geometry: Sequence[int], scale: float, budget: str, tiling: str, reduction: str, k: int,
+    temperature: float, need1: bool, need2: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both input gradients from the gradient of the first result (empty: not needed).
 
     ``result, index_or_max, normaliser`` are the forward operator's three results.
     """
-    geometry = geometry_of(input1.shape, kernel, patch, stride, padding, dilation, dilation_patch, out_limit)
+    geometry = geometry_of(input1.shape, geometry)
     plan = _plan(input1, geometry, budget, tiling, reduction, k, backward=True)
     grads = reduce_backward(table.get(reduction), grad, input1, input2, (result, index_or_max, normaliser), plan, scale,
                             k or None, temperature, need1, need2)
@@ -66,9 +62,8 @@ def correlate_reduce_backward_op(
 
 
 @correlate_reduce_backward_op.register_fake
-def _correlate_reduce_backward_fake(grad, input1, input2, result, index_or_max, normaliser, kernel, patch, stride, padding,
-                                    dilation, dilation_patch, out_limit, scale, budget, tiling, reduction, k, temperature,
-                                    need1, need2):
+def _correlate_reduce_backward_fake(grad, input1, input2, result, index_or_max, normaliser, geometry, scale, budget,
+                                    tiling, reduction, k, temperature, need1, need2):
     return input_grads_fake(input1, input2, need1, need2)
 
 

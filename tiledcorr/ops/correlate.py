@@ -111,7 +111,7 @@ def cost_volume(
     """
     budget, tiling = operator_args(check_plan(plan, geometry, input1), memory_budget)
     with torch.autocast(input1.device.type, enabled=False):
-        return torch.ops.tiledcorr.correlate(input1, input2, *geometry_args(geometry), float(scale), budget, tiling)
+        return torch.ops.tiledcorr.correlate(input1, input2, geometry_args(geometry), float(scale), budget, tiling)
 
 
 class SpatialCorrelation(Deployable, nn.Module):

@@ -162,7 +162,7 @@ def correlate_reduce(
     grad_mode = contextlib.nullcontext() if spec.differentiable else torch.no_grad()
     with grad_mode, torch.autocast(input1.device.type, enabled=False):
         results = torch.ops.tiledcorr.correlate_reduce(
-            input1, input2, *geometry_args(geometry), float(scale), budget, tiling, spec.name, k or 0, float(temperature))
+            input1, input2, geometry_args(geometry), float(scale), budget, tiling, spec.name, k or 0, float(temperature))
     return spec.result(geometry, results)
 
 
