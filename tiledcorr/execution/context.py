@@ -28,6 +28,8 @@ class TileContext:
         self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
         self.strategy = strategy
         self.offsets = kernel_offsets(geometry.kernel)
+        # A tile that reads all of input1 as it lies (one kernel offset, no scaling or conversion) can read it in place.
+        self._x1_in_place = len(self.offsets) == 1 and scale == 1.0 and x1.dtype == ws.dtype and x1.is_contiguous()
 
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
@@ -42,9 +44,15 @@ class TileContext:
     def gather_x1(self, tile: Tile, out: torch.Tensor | None = None) -> torch.Tensor:
         """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale.
 
-        Written into the workspace's ``x1`` buffer, or into ``out`` (any strides).
+        Written into the workspace's ``x1`` buffer, or into ``out`` (any
+        strides). Read-only: where the tile covers all of a contiguous input1
+        with one kernel offset, no scaling and no conversion, it is input1 itself (a view).
         """
         g = self.geometry
+        if out is None and self._x1_in_place:
+            window = input1_window(g, tile, self.offsets[0])
+            if window is not None and window.whole:
+                return self.x1.unsqueeze(1)
         buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
         for k, offset in enumerate(self.offsets):
             gather(self.x1, buf[:, k], input1_window(g, tile, offset))

@@ -33,17 +33,20 @@ class Window:
         dst: index of the same values in a buffer ``(Bt, C, *counts)``.
         margins: indices of the buffer's parts outside ``dst`` (implicit padding):
             one index of the whole buffer where that is small (:data:`SMALL_BUFFER`).
+        whole: the buffer would hold the whole input, every batch item, in its
+            own order (no margins, unit steps): the input itself can stand for it.
     """
 
     src: tuple[slice, ...]
     dst: tuple[slice, ...]
     margins: tuple[tuple[slice, ...], ...]
+    whole: bool = False
 
 
-def _window(tile: Tile, channels: int, in_size, starts, steps, counts) -> Window | None:
+def _window(tile: Tile, geometry: Geometry, starts, steps, counts) -> Window | None:
     """The :class:`Window` of a lattice of ``counts`` points from ``starts`` by ``steps``; None if none is in bounds."""
     src, dst = [], []
-    for n, start, step, count in zip(in_size, starts, steps, counts):
+    for n, start, step, count in zip(geometry.in_size, starts, steps, counts):
         lo, hi = clip(start, step, count, n)
         if hi <= lo:
             return None
@@ -59,9 +62,11 @@ def _window(tile: Tile, channels: int, in_size, starts, steps, counts) -> Window
                 index[2 + d] = margin
                 margins.append(tuple(index))
     full = (slice(None), slice(None))
-    if len(margins) > 1 and tile.batch * channels * math.prod(counts) <= SMALL_BUFFER:
+    whole = (not margins and tile.b0 == 0 and tile.b1 == geometry.batch
+             and all(s == slice(0, n, 1) for s, n in zip(src, geometry.in_size)))
+    if len(margins) > 1 and tile.batch * geometry.channels * math.prod(counts) <= SMALL_BUFFER:
         margins = [(Ellipsis,)]
-    return Window((slice(tile.b0, tile.b1), slice(None), *src), (*full, *dst), tuple(margins))
+    return Window((slice(tile.b0, tile.b1), slice(None), *src), (*full, *dst), tuple(margins), whole)
 
 
 @functools.lru_cache(maxsize=_WINDOW_CACHE)
@@ -69,14 +74,14 @@ def input1_window(geometry: Geometry, tile: Tile, offset: tuple[int, ...]) -> Wi
     """Input1's values at the tile's positions for one kernel offset (buffer ``(Bt, C, *U)``)."""
     starts = [input1_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
     steps = [input1_step(geometry, d) for d in range(geometry.ndim)]
-    return _window(tile, geometry.channels, geometry.in_size, starts, steps, tile.positions)
+    return _window(tile, geometry, starts, steps, tile.positions)
 
 
 @functools.lru_cache(maxsize=_WINDOW_CACHE)
 def input2_window(geometry: Geometry, tile: Tile, offset: tuple[int, ...], extent: tuple[int, ...]) -> Window | None:
     """Input2's region of ``extent`` lattice points the tile reaches for one kernel offset (buffer ``(Bt, C, *E)``)."""
     starts = [input2_start(geometry, d, s, offset[d]) for d, s in enumerate(tile.spans)]
-    return _window(tile, geometry.channels, geometry.in_size, starts, geometry.dilation_patch, extent)
+    return _window(tile, geometry, starts, geometry.dilation_patch, extent)
 
 
 def gather(source: torch.Tensor, buffer: torch.Tensor, window: Window | None) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import torch
 
 from ..geometry import Geometry
-from .tiles import Tile, volume_index
+from .tiles import Tile, covers_volume, volume_index
 
 
 class Sink(Protocol):
@@ -23,7 +23,8 @@ class OutputSink:
         self.geometry, self.out = geometry, out
 
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
-        self.out[volume_index(self.geometry, tile)].copy_(band)
+        whole = covers_volume(self.geometry, tile)
+        (self.out if whole else self.out[volume_index(self.geometry, tile)]).copy_(band)
 
 
 class CaptureSink:

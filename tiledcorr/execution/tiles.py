@@ -76,6 +76,14 @@ def _generate_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
 
 
 @functools.lru_cache(maxsize=8192)
+def covers_volume(geometry: Geometry, tile: Tile) -> bool:
+    """Whether the tile is the whole volume (a plan of one tile): its block is the volume itself."""
+    return (tile.b0, tile.b1) == (0, geometry.batch) and all(
+        (s.disp_start, s.disp_count, s.residue, s.start, s.count) == (0, P, 0, 0, o)
+        for s, P, o in zip(tile.spans, geometry.patch, geometry.out_size))
+
+
+@functools.lru_cache(maxsize=8192)
 def volume_index(geometry: Geometry, tile: Tile) -> tuple[slice, ...]:
     """Index of the tile's block in a ``(B, *patch, *out_size)`` volume."""
     disp = tuple(slice(s.disp_start, s.disp_start + s.disp_count) for s in tile.spans)

@@ -18,6 +18,7 @@ class Workspace:
     """
 
     def __init__(self, sizes: dict[str, int], dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype = dtype
         self._flat = {name: torch.empty(n, dtype=dtype, device=device) for name, n in sizes.items() if n > 0}
         for buffer in self._flat.values():
             hugepages.advise(buffer)

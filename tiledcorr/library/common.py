@@ -37,11 +37,6 @@ from ..typing import BudgetLike
 
 _PARAMS = ("kernel", "patch", "stride", "padding", "dilation", "dilation_patch")
 
-DOUBLE_BACKWARD_MESSAGE = (
-    "tiledcorr's correlation is differentiable once: its gradient cannot be differentiated "
-    "again (double backward, e.g. a gradient penalty with create_graph=True through the correlation)"
-)
-
 
 def encode_budget(memory_budget: BudgetLike) -> str:
     """``memory_budget`` as a string an operator can take.
@@ -189,45 +184,3 @@ def input_grads_or_empty(input1: torch.Tensor, input2: torch.Tensor, grad1: torc
 def input_grads_fake(input1: torch.Tensor, input2: torch.Tensor, need1: bool, need2: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The fake (meta) results of a backward operator: the inputs' shapes, or empty where not needed."""
     return input1.new_empty(input1.shape if need1 else (0,)), input2.new_empty(input2.shape if need2 else (0,))
-
-
-def register_backward(op: Any, backward_op: Any, *, save_results: bool) -> None:
-    """Make ``op(input1, input2, *args)`` differentiable once in its inputs through ``backward_op``.
-
-    ``backward_op(grad, input1, input2, *results, *args, need1, need2)`` gets
-    the gradient of ``op``'s (first) result; with ``save_results`` also every
-    result ``op`` returned (the reductions' indices or softmax statistics).
-    Differentiating the gradients again (a double backward) raises
-    :data:`DOUBLE_BACKWARD_MESSAGE` from a hook on them: without it the user
-    would meet torch's "no autograd formula was registered" instead.
-    """
-
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        input1, input2, *args = inputs
-        ctx.save_for_backward(input1, input2, *(output if save_results else ()))
-        ctx.args = args
-
-    def differentiate(ctx: Any, grad: torch.Tensor, *_other_grads: Any) -> tuple:
-        input1, input2, *results = ctx.saved_tensors
-        need1, need2 = ctx.needs_input_grad[:2]
-        grads = refuse_double_backward(backward_op(grad, input1, input2, *results, *ctx.args, need1, need2))
-        return (grads[0] if need1 else None, grads[1] if need2 else None) + (None,) * len(ctx.args)
-
-    op.register_autograd(differentiate, setup_context=setup_context)
-
-
-def refuse_double_backward(grads: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-    """``grads``, each made to raise :data:`DOUBLE_BACKWARD_MESSAGE` if differentiated again.
-
-    Only under ``create_graph=True`` (grad mode on inside a backward) can the
-    gradients be differentiated again; a hook on each then raises first.
-    """
-    if torch.is_grad_enabled():
-        for g in grads:
-            if g.requires_grad:
-                g.register_hook(_raise_double_backward)
-    return grads
-
-
-def _raise_double_backward(grad: torch.Tensor) -> None:
-    raise RuntimeError(DOUBLE_BACKWARD_MESSAGE)

@@ -13,39 +13,40 @@ import torch
 
 from ..execution.volume import backward_inputs, forward_volume
 from ..planning.planner import check_output_fits
-from .common import geometry_of, input_grads_fake, input_grads_or_empty, plan_at_run_time, register_backward
+from .common import geometry_of, input_grads_fake, input_grads_or_empty, plan_at_run_time
+from .registration import define, register_backward
 
 
-@torch.library.custom_op("tiledcorr::correlate", mutates_args=())
-def correlate_op(
-    input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str, tiling: str,
-) -> torch.Tensor:
+def _correlate(input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str,
+               tiling: str) -> torch.Tensor:
     """The cost volume ``(B, *patch, *out_size)`` in input1's dtype."""
-    geometry = geometry_of(input1.shape, geometry)
-    plan = plan_at_run_time(input1, geometry, budget, tiling, requires_grad=False)
+    g = geometry_of(input1.shape, geometry)
+    plan = plan_at_run_time(input1, g, budget, tiling, requires_grad=False)
     check_output_fits(plan, input1.device)
     return forward_volume(input1, input2, plan, scale)
 
 
-@correlate_op.register_fake
 def _correlate_fake(input1, input2, geometry, scale, budget, tiling):
     return input1.new_empty(geometry_of(input1.shape, geometry).out_shape)
 
 
-@torch.library.custom_op("tiledcorr::correlate_backward", mutates_args=())
-def correlate_backward_op(
-    grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str,
-    tiling: str, need1: bool, need2: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _correlate_backward(grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int],
+                        scale: float, budget: str, tiling: str, need1: bool, need2: bool,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both input gradients; an empty tensor stands for one that is not needed."""
-    geometry = geometry_of(input1.shape, geometry)
-    plan = plan_at_run_time(input1, geometry, budget, tiling, requires_grad=True)
+    g = geometry_of(input1.shape, geometry)
+    plan = plan_at_run_time(input1, g, budget, tiling, requires_grad=True)
     return input_grads_or_empty(input1, input2, *backward_inputs(input1, input2, grad, plan, scale, need1, need2))
 
 
-@correlate_backward_op.register_fake
 def _correlate_backward_fake(grad, input1, input2, geometry, scale, budget, tiling, need1, need2):
     return input_grads_fake(input1, input2, need1, need2)
 
 
-register_backward(correlate_op, correlate_backward_op, save_results=False)
+correlate_op = define(
+    "correlate(Tensor input1, Tensor input2, SymInt[] geometry, float scale, str budget, str tiling) -> Tensor",
+    _correlate, _correlate_fake)
+correlate_backward_op = define(
+    "correlate_backward(Tensor grad, Tensor input1, Tensor input2, SymInt[] geometry, float scale, str budget, "
+    "str tiling, bool need1, bool need2) -> (Tensor, Tensor)", _correlate_backward, _correlate_backward_fake)
+register_backward(correlate_op, correlate_backward_op)

@@ -19,7 +19,8 @@ from ..geometry import Geometry
 from ..planning.planner import Plan
 from ..reductions import table
 from ..reductions.run import reduce_backward, reduce_forward
-from .common import geometry_of, input_grads_fake, input_grads_or_empty, plan_at_run_time, register_backward
+from .common import geometry_of, input_grads_fake, input_grads_or_empty, plan_at_run_time
+from .registration import define, register_backward
 
 
 def _plan(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, reduction: str, k: int,
@@ -28,8 +29,7 @@ def _plan(input1: torch.Tensor, geometry: Geometry, budget: str, tiling: str, re
                             table.sink_cost(reduction, k or None, geometry.ndim, input1.dtype))
 
 
-@torch.library.custom_op("tiledcorr::correlate_reduce", mutates_args=())
-def correlate_reduce_op(
+def _correlate_reduce(
     input1: torch.Tensor, input2: torch.Tensor, geometry: Sequence[int], scale: float, budget: str, tiling: str,
     reduction: str, k: int, temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,13 +39,11 @@ def correlate_reduce_op(
     return reduce_forward(table.get(reduction), input1, input2, plan, scale, k or None, temperature)
 
 
-@correlate_reduce_op.register_fake
 def _correlate_reduce_fake(input1, input2, geometry, scale, budget, tiling, reduction, k, temperature):
     return table.get(reduction).fake(geometry_of(input1.shape, geometry), input1, k)
 
 
-@torch.library.custom_op("tiledcorr::correlate_reduce_backward", mutates_args=())
-def correlate_reduce_backward_op(
+def _correlate_reduce_backward(
     grad: torch.Tensor, input1: torch.Tensor, input2: torch.Tensor, result: torch.Tensor, index_or_max: torch.Tensor,
     normaliser: torch.Tensor, geometry: Sequence[int], scale: float, budget: str, tiling: str, reduction: str, k: int,
     temperature: float, need1: bool, need2: bool,
@@ -61,10 +59,17 @@ def correlate_reduce_backward_op(
     return input_grads_or_empty(input1, input2, *grads)
 
 
-@correlate_reduce_backward_op.register_fake
 def _correlate_reduce_backward_fake(grad, input1, input2, result, index_or_max, normaliser, geometry, scale, budget,
                                     tiling, reduction, k, temperature, need1, need2):
     return input_grads_fake(input1, input2, need1, need2)
 
 
+correlate_reduce_op = define(
+    "correlate_reduce(Tensor input1, Tensor input2, SymInt[] geometry, float scale, str budget, str tiling, "
+    "str reduction, SymInt k, float temperature) -> (Tensor, Tensor, Tensor)", _correlate_reduce, _correlate_reduce_fake)
+correlate_reduce_backward_op = define(
+    "correlate_reduce_backward(Tensor grad, Tensor input1, Tensor input2, Tensor result, Tensor index_or_max, "
+    "Tensor normaliser, SymInt[] geometry, float scale, str budget, str tiling, str reduction, SymInt k, "
+    "float temperature, bool need1, bool need2) -> (Tensor, Tensor)",
+    _correlate_reduce_backward, _correlate_reduce_backward_fake)
 register_backward(correlate_reduce_op, correlate_reduce_backward_op, save_results=True)
