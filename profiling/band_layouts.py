@@ -22,7 +22,8 @@ with and without its band copy (``nc``: the matmul and gathers alone):
 * ``strip64``: four 16-wide blocks side by side, outputs placed so that the
   band of the whole 64-wide strip is one view (64-element runs in the volume).
 
-``--inductor`` also times the band copy compiled by ``torch.compile``
+With ``dilation_patch > 1`` (FlowNetC) one lattice of positions is timed (the
+plan's tiles lie on those lattices). ``--inductor`` also times the band copy compiled by ``torch.compile``
 (Inductor's C++ backend, needs a C++ compiler; the compile time is printed).
 
 Usage: ``python profiling/band_layouts.py [--only large,larger] [--threads 1] [--repeat 5] [--inductor]``
@@ -190,11 +191,12 @@ def compare(name: str, repeat: int, inductor: bool) -> None:
             times[k].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = 2 * n**3 / med.pop("matmul")
-    # Each variant covers the full tiles only; scale the useful flops to those.
-    covered = {k: p.useful for k in med}
-    full_w = {k: (16 * 4 if k.startswith("strip") else p.UN) for k in med}
+    # Each variant covers its full tiles only: count the useful flops of those.
+    rows = (p.H // p.U1) * p.U1 / p.H
+    covered = {}
     for k in med:
-        covered[k] = p.useful * ((p.H // p.U1) * p.U1 / p.H) * ((p.W // full_w[k]) * full_w[k] / p.W)
+        width = 16 * 4 if k.startswith("strip") else p.UN
+        covered[k] = p.useful * rows * (p.W // width) * width / p.W
     print(f"{name}: tile {p.U1}x{p.UN}, patch {p.J1}x{p.JN}, K={p.K}; matmul {rate / 1e9:.0f} GFLOP/s")
     for k, t in med.items():
         print(f"  {k:16s} {t * 1e3:8.1f} ms  {covered[k] / t / rate * 100:4.0f}% of matmul")
