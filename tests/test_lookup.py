@@ -206,7 +206,9 @@ def test_measured_peak_is_the_predicted_workspace():
     plan = plan_lookup(f1.shape, num_levels=4, radius=3, dtype=torch.float32, memory_budget="6MiB")
     scale = 1 / 8
     lookup_forward(f1, f2, coords, plan, scale)  # warm-up: kernels, thread pools
-    out, peak = peak_memory(lambda: lookup_forward(f1, f2, coords, plan, scale))
+    # The largest of three readings: one can read low (0 after certain earlier tests) where the
+    # allocator hands back pages it already held resident.
+    peak = max(peak_memory(lambda: lookup_forward(f1, f2, coords, plan, scale))[1] for _ in range(3))
     predicted = plan.workspace_forward_bytes + plan.output_bytes
     assert 0.75 * predicted <= peak <= predicted + 2 * 2**20, (peak, predicted)
 

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from ..geometry import Geometry
 from .tiles import Tile
 
 
-def y_band(y: torch.Tensor, geometry: Geometry, tile: Tile) -> torch.Tensor:
-    """From ``y`` of shape ``(Bt, *U, *E)`` the band ``(Bt, *U, *J)``: ``y[b, *a, *(a*m + jj)]``."""
+def volume_band(y: torch.Tensor, geometry: Geometry, tile: Tile, extent: tuple[int, ...]) -> torch.Tensor:
+    """From ``y`` of shape ``(Bt, T, R)`` (rows contiguous) the band in volume order ``(Bt, *J, *U)`` (a view).
+
+    Seen as ``(Bt, *U, *E)``, ``y`` holds every product of the tile; the band
+    is ``y[b, *a, *(a*m + jj)]`` (``m``: the lattice's region step), with the
+    displacements first. One ``as_strided``: a small call spends its time in such views.
+    """
+    size, stride = _volume_band_layout(geometry, tile, tuple(extent), y.stride(0), y.stride(1))
+    return y.as_strided(size, stride, y.storage_offset())
+
+
+@functools.lru_cache(maxsize=4096)
+def _volume_band_layout(geometry: Geometry, tile: Tile, extent: tuple[int, ...], batch_stride: int,
+                        row_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     N = geometry.ndim
-    strides = y.stride()
-    pos_strides = [strides[1 + d] + geometry.lattice(d).region_step * strides[1 + N + d] for d in range(N)]
-    return y.as_strided(
-        (tile.batch, *tile.positions, *tile.displacements),
-        (strides[0], *pos_strides, *strides[1 + N :]),
-        y.storage_offset(),
-    )
+    region = [math.prod(extent[d + 1 :]) for d in range(N)]
+    position = [row_stride * math.prod(tile.positions[d + 1 :]) for d in range(N)]
+    steps = [position[d] + geometry.lattice(d).region_step * region[d] for d in range(N)]
+    return (tile.batch, *tile.displacements, *tile.positions), (batch_stride, *region, *steps)
 
 
 def swap_band_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -46,6 +58,9 @@ def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int) -> None:
         return
     per_index = dst.numel() // n
     chunk = max(1, -(-_CPU_GRAIN * torch.get_num_threads() // max(per_index, 1)))
+    if chunk >= n:
+        dst.copy_(src)
+        return
     for start in range(0, n, chunk):
         length = min(chunk, n - start)
         dst.narrow(dim, start, length).copy_(src.narrow(dim, start, length))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
-from .gather import gather, input1_window, input2_window, scatter_add
+from .gather import gather, input1_window, input2_window, padded, scatter_add
 from .sinks import CaptureSink
 from .tiles import Tile
 from .workspace import Workspace
@@ -28,8 +28,10 @@ class TileContext:
         self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
         self.strategy = strategy
         self.offsets = kernel_offsets(geometry.kernel)
-        # A tile that reads all of input1 as it lies (one kernel offset, no scaling or conversion) can read it in place.
-        self._x1_in_place = len(self.offsets) == 1 and scale == 1.0 and x1.dtype == ws.dtype and x1.is_contiguous()
+        # With one kernel offset, small buffers are filled by one padding call (a new tensor, not the
+        # workspace's), and a tile reading all of input1 as it lies (no scaling or conversion) reads it in place.
+        self._one_offset = len(self.offsets) == 1
+        self._x1_as_is = scale == 1.0 and x1.dtype == ws.dtype and x1.is_contiguous()
 
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
@@ -45,14 +47,19 @@ class TileContext:
         """``(Bt, kvol, C, *U)`` input1 values at the tile's positions, times the scale.
 
         Written into the workspace's ``x1`` buffer, or into ``out`` (any
-        strides). Read-only: where the tile covers all of a contiguous input1
-        with one kernel offset, no scaling and no conversion, it is input1 itself (a view).
+        strides). Read-only: with one kernel offset and a small tile it is a
+        new tensor (:func:`~tiledcorr.execution.gather.padded`), and where the
+        tile covers all of a contiguous input1 with no scaling or conversion,
+        input1 itself (a view).
         """
         g = self.geometry
-        if out is None and self._x1_in_place:
+        if out is None and self._one_offset:
             window = input1_window(g, tile, self.offsets[0])
-            if window is not None and window.whole:
+            if window is not None and window.whole and self._x1_as_is:
                 return self.x1.unsqueeze(1)
+            if window is not None and window.small and self.x1.dtype == self.ws.dtype:
+                x1 = padded(self.x1, window)
+                return (x1 if self.scale == 1.0 else x1.mul_(self.scale)).unsqueeze(1)
         buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
         for k, offset in enumerate(self.offsets):
             gather(self.x1, buf[:, k], input1_window(g, tile, offset))
@@ -61,12 +68,28 @@ class TileContext:
         return buf
 
     def gather_x2(self, tile: Tile, extent) -> torch.Tensor:
-        """``(Bt, kvol, C, *E)`` the dense input2 region the tile reaches."""
+        """``(Bt, kvol, C, *E)`` the dense input2 region the tile reaches (read-only)."""
         g = self.geometry
+        if self._one_offset and self.x2.dtype == self.ws.dtype:
+            window = input2_window(g, tile, self.offsets[0], tuple(extent))
+            if window is not None and window.small:
+                return padded(self.x2, window).unsqueeze(1)
         buf = self.ws.view("x2", tile.batch, len(self.offsets), g.channels, *extent)
         for k, offset in enumerate(self.offsets):
             gather(self.x2, buf[:, k], input2_window(g, tile, offset, tuple(extent)))
         return buf
+
+    def grad1_in_place(self, grad1: torch.Tensor, tile: Tile) -> torch.Tensor | None:
+        """``grad1`` as ``(B, 1, C, *U)`` where the tile's input1 values are all of input1 as it lies.
+
+        Then a strategy can add its product into the gradient directly (with
+        the scale as the factor) instead of into the ``g1`` buffer and then
+        :meth:`scatter_g1`. None otherwise.
+        """
+        if not self._one_offset or not grad1.is_contiguous() or grad1.dtype != self.ws.dtype:
+            return None
+        window = input1_window(self.geometry, tile, self.offsets[0])
+        return grad1.unsqueeze(1) if window is not None and window.whole else None
 
     def scatter_g1(self, grad1: torch.Tensor, tile: Tile, buf: torch.Tensor) -> None:
         if self.scale != 1.0:

@@ -14,14 +14,16 @@ class Workspace:
     """Buffers allocated once per call and viewed at each tile's size.
 
     Reusing them avoids an allocation (and, on CPU, fresh page faults) per tile
-    and makes the peak exactly the sum of the buffer sizes the planner predicts.
+    and makes the peak at most the sum of the buffer sizes the planner
+    predicts. A buffer is allocated when first viewed: one a call does not
+    need (input1 read in place, see
+    :meth:`~tiledcorr.execution.context.TileContext.gather_x1`) costs nothing.
     """
 
     def __init__(self, sizes: dict[str, int], dtype: torch.dtype, device: torch.device) -> None:
-        self.dtype = dtype
-        self._flat = {name: torch.empty(n, dtype=dtype, device=device) for name, n in sizes.items() if n > 0}
-        for buffer in self._flat.values():
-            hugepages.advise(buffer)
+        self.dtype, self.device = dtype, device
+        self._sizes = sizes
+        self._flat: dict[str, torch.Tensor] = {}
         self._zeroed_for: dict[str, Hashable] = {}
 
     def view(self, name: str, *shape: int) -> torch.Tensor:
@@ -30,7 +32,12 @@ class Workspace:
         return self._prefix(name, shape)
 
     def _prefix(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        flat, n = self._flat[name], math.prod(shape)
+        flat, n = self._flat.get(name), math.prod(shape)
+        if flat is None:
+            flat = self._flat[name] = torch.empty(self._sizes[name], dtype=self.dtype, device=self.device)
+            hugepages.advise(flat)
+        if n > flat.numel():
+            raise ValueError(f"workspace buffer {name!r} holds {flat.numel()} elements, a view of {n} was asked for")
         return (flat if flat.numel() == n else flat[:n]).view(shape)
 
     def zeroed_view(self, name: str, key: Hashable, *shape: int) -> torch.Tensor:

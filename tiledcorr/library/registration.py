@@ -90,8 +90,7 @@ def register_backward(op: OpOverload, backward_op: OpOverload, *, differentiable
             return (None, grad1 if needs[0] else None, grad2 if needs[1] else None, *rest)
 
     def autograd_kernel(keyset: Any, *inputs: Any) -> Any:
-        if torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad
-                                           for x in inputs[:differentiable]):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*inputs[:differentiable]):
             return Differentiate.apply(keyset, *inputs)
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & _BELOW_AUTOGRAD, *inputs)

@@ -12,7 +12,7 @@ from ..library.common import geometry_args, operator_args
 from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
 from ..typing import BudgetLike, IntOrTuple, Normalize
-from .common import Deployable, check_plan, deploy_config, normalization_scale, prepare_inputs, repr_args
+from .common import Deployable, check_plan, deploy_config, no_autocast, normalization_scale, prepare_inputs, repr_args
 
 
 def correlate(
@@ -110,7 +110,7 @@ def cost_volume(
     which plans at run time, or runs the tiling of a given ``plan``.
     """
     budget, tiling = operator_args(check_plan(plan, geometry, input1), memory_budget)
-    with torch.autocast(input1.device.type, enabled=False):
+    with no_autocast(input1.device.type):
         return torch.ops.tiledcorr.correlate(input1, input2, geometry_args(geometry), float(scale), budget, tiling)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..execution.bands import swap_band_order, transpose_band, y_band
+from ..execution.bands import transpose_band, volume_band
 from ..execution.context import TileContext
 from ..execution.sinks import Sink
 from ..execution.tiles import Tile, region_extent
@@ -48,28 +48,30 @@ class TileMatmul(Strategy):
         return Cost(forward, backward)
 
     def forward(self, ctx: TileContext, tile: Tile, sink: Sink) -> None:
-        g, N = ctx.geometry, ctx.geometry.ndim
+        g = ctx.geometry
         extent = region_extent(g, tile.positions, tile.displacements)
         T, R = math.prod(tile.positions), math.prod(extent)
         x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
         x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
         y = ctx.ws.view("y", tile.batch, T, R)
         torch.bmm(x1.transpose(1, 2), x2, out=y)
-        band = y_band(y.view(tile.batch, *tile.positions, *extent), g, tile)
-        sink.consume(tile, swap_band_order(band, N))
+        sink.consume(tile, volume_band(y, g, tile, extent))
 
     def backward(self, ctx: TileContext, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
-        g, N = ctx.geometry, ctx.geometry.ndim
+        g = ctx.geometry
         extent = region_extent(g, tile.positions, tile.displacements)
         T, R = math.prod(tile.positions), math.prod(extent)
         gy = ctx.ws.zeroed_view("y", tile.shape, tile.batch, T, R)
-        band = y_band(gy.view(tile.batch, *tile.positions, *extent), g, tile)
-        transpose_band(band, swap_band_order(grad_band, N), 1 + N)
+        transpose_band(volume_band(gy, g, tile, extent), grad_band, 1)
         if grad1 is not None:
             x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
-            g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions)
-            torch.bmm(x2, gy.transpose(1, 2), out=g1.view(tile.batch, -1, T))
-            ctx.scatter_g1(grad1, tile, g1)
+            whole = ctx.grad1_in_place(grad1, tile)
+            if whole is not None:
+                whole.view(tile.batch, -1, T).baddbmm_(x2, gy.transpose(1, 2), alpha=ctx.scale)
+            else:
+                g1 = ctx.ws.view("g1", tile.batch, len(ctx.offsets), g.channels, *tile.positions)
+                torch.bmm(x2, gy.transpose(1, 2), out=g1.view(tile.batch, -1, T))
+                ctx.scatter_g1(grad1, tile, g1)
         if grad2 is not None:
             x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
             g2 = ctx.ws.view("g2", tile.batch, len(ctx.offsets), g.channels, *extent)
