@@ -10,8 +10,9 @@ machine). So the operators are defined with ``torch.library.Library``
 directly:
 
 * :func:`define`: the schema, the kernel (``CompositeExplicitAutograd``: every
-  device) and the fake kernel (``torch.compile`` and ``torch.export`` get the
-  output shapes from it);
+  device; on CPU run on the cores other processes leave free,
+  :mod:`tiledcorr.execution.threads`) and the fake kernel (``torch.compile``
+  and ``torch.export`` get the output shapes from it);
 * :func:`register_backward`: the operator's one autograd kernel. With a
   gradient to track it records one autograd node whose backward calls the
   backward operator; without, it goes straight to the kernel. Either way the
@@ -21,10 +22,13 @@ directly:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import torch
 from torch._ops import OpOverload
+
+from ..execution.threads import on_free_cores
 
 #: The ``tiledcorr`` operator namespace (``torch.ops.tiledcorr.*``).
 LIBRARY = torch.library.Library("tiledcorr", "FRAGMENT")
@@ -47,7 +51,14 @@ def define(schema: str, kernel: Callable, fake: Callable) -> OpOverload:
     """
     name = schema.partition("(")[0]
     LIBRARY.define(schema)
-    LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
+
+    @functools.wraps(kernel)
+    def run(*args: Any) -> Any:
+        if args[0].device.type == "cpu":  # the first argument is a tensor of the call's device
+            return on_free_cores(kernel, *args)
+        return kernel(*args)
+
+    LIBRARY.impl(name, run, "CompositeExplicitAutograd")
     torch.library.register_fake(f"tiledcorr::{name}", fake, lib=LIBRARY)
     return getattr(torch.ops.tiledcorr, name).default
 
