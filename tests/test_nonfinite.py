@@ -32,6 +32,9 @@ CONFIGS = [
     ((1, 3, 7, 6), dict(kernel_size=2, patch_size=(3, 4), stride=(2, 1), padding=1)),
     ((1, 2, 6, 7), dict(kernel_size=3, patch_size=3, dilation=2, dilation_patch=2, padding=3)),
     ((2, 1, 4, 4), dict(patch_size=7, padding=(1, 2))),
+    # Volumes smaller than the inputs: checked after the fast path, recomputed exactly (execution.volume).
+    ((1, 24, 5, 6), dict(patch_size=3)),
+    ((2, 16, 6, 5), dict(kernel_size=2, patch_size=(1, 3), padding=1)),
 ]
 
 
@@ -226,6 +229,23 @@ def test_opposite_infinities_in_one_sum_are_nan_and_finite_overflow_is_kept():
     assert tiledcorr.correlate(big, big).isposinf().all()  # an overflow of finite values
     x2 = torch.tensor([[[[-math.inf]], [[3e38]]]])
     assert tiledcorr.correlate(big, x2).isnan().all()  # -inf + (overflow to +inf) is NaN
+
+
+def test_volumes_smaller_than_their_inputs_are_checked_after_the_fast_path(monkeypatch):
+    """Only the volume is summed (not the inputs), and a NaN in it sends the call down the exact path."""
+    from tiledcorr.execution import nonfinite
+
+    checked, exact = [], []
+    all_finite, run_forward = nonfinite.all_finite, nonfinite.run_forward
+    monkeypatch.setattr(nonfinite, "all_finite", lambda *t: checked.append([x.shape for x in t]) or all_finite(*t))
+    monkeypatch.setattr(nonfinite, "run_forward", lambda *a, **k: exact.append(1) or run_forward(*a, **k))
+    x1, x2 = _inputs((1, 24, 5, 6), torch.float32)
+    tiledcorr.correlate(x1, x2, patch_size=3)
+    assert checked == [[(1, 3, 3, 5, 6)]] and not exact
+    x2[0, 5, 0, 0] = math.inf  # meets the zero padding of displacements that leave the image: NaN there
+    out = tiledcorr.correlate(x1, x2, patch_size=3)
+    assert exact and not out.isnan().any()
+    assert_ieee_equal(out.double(), ieee_forward(x1.double(), x2.double(), patch_size=3), 1e-5)
 
 
 def test_finite_inputs_never_take_the_nonfinite_path(monkeypatch):

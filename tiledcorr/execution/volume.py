@@ -7,6 +7,7 @@ workspace: what gradient checkpointing would give, without its bookkeeping.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -38,24 +39,54 @@ def fused_or_per_tile(plan: Plan, finite: bool) -> tuple[Plan, Strategy | None]:
 
 
 def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float) -> torch.Tensor:
-    """The cost volume ``(B, *patch, *out_size)`` in ``input1``'s dtype, no autograd."""
+    """The cost volume ``(B, *patch, *out_size)`` in ``input1``'s dtype, no autograd.
+
+    Zero padding is exact unless a NaN or Inf meets it, and then the product
+    is NaN: so where the volume is smaller than the inputs (few displacements,
+    many channels) the volume is checked after the fast path instead of the
+    inputs before it, and recomputed by the exact path if it holds a NaN or
+    Inf. A whole-plan strategy (a fused kernel) needs the answer first.
+    """
     g = plan.geometry
     if g.is_empty:
         return input1.new_zeros(g.out_shape)
+    check_after = (not registry.get(plan.strategy).runs_whole_plan
+                   and math.prod(g.out_shape) < input1.numel() + input2.numel())
+    if check_after:
+        out = _forward_per_tile(input1, input2, plan, scale, finite=True)
+        if nonfinite.all_finite(out):
+            return out
+        return _forward_per_tile(input1, input2, plan, scale, finite=False, out=out)
     finite = nonfinite.all_finite(input1, input2)
     plan, fused = fused_or_per_tile(plan, finite)
+    if fused is None:
+        return _forward_per_tile(input1, input2, plan, scale, finite=finite)
     out = allocate_output(input1, plan)
     hugepages.advise(out)
 
     def attempt(p: Plan) -> torch.Tensor:
-        # Every attempt writes every element of ``out`` (the tiles cover the volume once), so it is reused.
-        if fused is not None:
-            fused.volume_forward(input1, input2, out, g, scale)
-        elif finite:
-            run_forward(input1, input2, g, p.tiling, OutputSink(g, out), scale=scale)
-        else:  # zero padding is not exact for NaN and Inf
-            nonfinite.run_forward(input1, input2, p, OutputSink(g, out), scale=scale)
+        fused.volume_forward(input1, input2, out, g, scale)
         return out
+
+    return with_oom_retry(plan, attempt)
+
+
+def _forward_per_tile(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, *, finite: bool,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    """The volume by a per-tile plan: the fast path, or the exact one for NaN and Inf (into ``out`` if given)."""
+    g = plan.geometry
+    if out is None:
+        out = allocate_output(input1, plan)
+        hugepages.advise(out)
+    target = out
+
+    def attempt(p: Plan) -> torch.Tensor:
+        # Every attempt writes every element of ``out`` (the tiles cover the volume once), so it is reused.
+        if finite:
+            run_forward(input1, input2, g, p.tiling, OutputSink(g, target), scale=scale)
+        else:  # zero padding is not exact for NaN and Inf
+            nonfinite.run_forward(input1, input2, p, OutputSink(g, target), scale=scale)
+        return target
 
     return with_oom_retry(plan, attempt)
 
