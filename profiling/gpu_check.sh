@@ -16,9 +16,11 @@
 #   MAX_JOBS              parallel compile jobs (default 16)
 #   SAMPLER_VARIANT       cuda (default) or cpu: build the CPU variant instead, to
 #                         try this script's build path on a machine without nvcc
+#   CPU_SCALING_S         seconds for the CPU thread-scaling stage (default 90; 0: skip)
 #
 # Writes into $OUT: gpu-<device>.json and .md (gpu_check.py), gpu_check.log
-# (its output), sampler-build.log, pytest-cuda.xml. tiledcorr is imported from
+# (its output), sampler-build.log, pytest-cuda.xml, bench-cpu-threads.json/.log
+# (CPU thread scaling, CPU_SCALING_S seconds at most). tiledcorr is imported from
 # this checkout through PYTHONPATH: nothing is installed, nothing downloaded.
 # A failed build is recorded in the JSON (with the log's tail) and the run goes on.
 # Exit status: gpu_check.py's.
@@ -83,6 +85,14 @@ set +m
 "$PY" "$ROOT/profiling/gpu_check.py" --out "$OUT" --sampler-site "$SITE" --sampler-status "$STATUS" \
     --sampler-log "$OUT/sampler-build.log" "$@" 2>&1 | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
+# CPU thread scaling on the GPU machine's host cores (this project's CPUs have 2): bench.py's
+# forward and forward+backward at 1 to 16 threads, two configurations, no C++ reference, at most
+# CPU_SCALING_S seconds (default 90; 0 skips it). bench.py saves after every configuration.
+if [[ "${CPU_SCALING_S:-90}" != 0 ]]; then
+    timeout "${CPU_SCALING_S:-90}" "$PY" "$ROOT/profiling/bench.py" --threads 1,2,4,8,16 --only mmtracker,large \
+        --repeat 3 --no-reference --no-tiny --no-docs --out "$OUT/bench-cpu-threads.json" \
+        >"$OUT/bench-cpu-threads.log" 2>&1 || echo "gpu_check.sh: CPU thread scaling stopped (status $?)"
+fi
 # gpu_check.py waited for the build up to its deadline; one still running then is stopped.
 if [[ ! -f "$STATUS" ]]; then
     echo "gpu_check.sh: stopping the unfinished sampler build" | tee -a "$OUT/sampler-build.log"
