@@ -77,3 +77,29 @@ def test_threads_for_call(monkeypatch, runnable, cores, wanted, expected):
 def test_runnable_threads_reads_linux():
     count = threads.runnable_threads()
     assert count >= 1 or not __import__("os").path.exists("/proc/loadavg")
+
+
+def test_a_load_counts_only_when_two_readings_see_it(monkeypatch):
+    """A spike seen once (another process's threads spinning after a region) does not take a thread away."""
+    counts = iter([2, 9, 9])
+    clock = iter([100.0, 100.1, 100.2])
+    monkeypatch.setattr(threads, "_readings", [])
+    monkeypatch.setattr(threads.time, "monotonic", lambda: next(clock))
+
+    class Loadavg:
+        def __init__(self, *args):
+            self.text = f"0.5 0.5 0.5 {next(counts)}/400 1"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.text
+
+    monkeypatch.setattr("builtins.open", Loadavg)
+    assert threads.runnable_threads() == 2  # the first reading
+    assert threads.runnable_threads() == 2  # 2 then 9: the spike alone does not count
+    assert threads.runnable_threads() == 9  # seen twice: a load

@@ -11,10 +11,13 @@ setting back afterwards; ``torch.set_num_threads`` stays the one knob (the
 most threads a call uses).
 
 "Busy" is Linux's count of runnable threads (``/proc/loadavg``), read at most
-every :data:`READING_TTL` seconds. It counts our own threads too, so the
-others are taken as what exceeds ``torch.get_num_threads()``: a quiet machine
-never looks busy; other processes are seen once they exceed our share.
-Elsewhere (no ``/proc``) nothing changes.
+every :data:`READING_TTL` seconds, the smaller of the last two readings: a
+load must last that long to count (another process's OpenMP threads spin for
+a fraction of a millisecond after each of its parallel regions). It counts
+our own threads too, so the others are taken as what exceeds
+``torch.get_num_threads()``: a quiet machine never looks busy; other
+processes are seen once they exceed our share. Elsewhere (no ``/proc``)
+nothing changes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ T = TypeVar("T")
 #: Seconds a reading of the runnable threads is reused.
 READING_TTL = 0.05
 
-_reading = (-1.0, 0)
+#: The last two readings, ``(time, runnable threads)``, the newest last.
+_readings: list[tuple[float, int]] = []
 
 
 def _cores() -> int:
@@ -44,17 +48,20 @@ _CORES = _cores()
 
 
 def runnable_threads() -> int:
-    """Threads the kernel could run now, machine-wide, ours included (0 where Linux does not say)."""
-    global _reading
+    """Threads the kernel could run, machine-wide, ours included, over the last ``READING_TTL`` or more.
+
+    The smaller of the last two readings (0 where Linux does not say).
+    """
+    global _readings
     now = time.monotonic()
-    if now - _reading[0] > READING_TTL:
+    if not _readings or now - _readings[-1][0] > READING_TTL:
         try:
             with open("/proc/loadavg") as f:
                 count = int(f.read().split()[3].partition("/")[0])
         except (OSError, ValueError, IndexError):
             count = 0
-        _reading = (now, count)
-    return _reading[1]
+        _readings = [*_readings[-1:], (now, count)]
+    return min(count for _, count in _readings)
 
 
 def threads_for_call(wanted: int) -> int:
