@@ -71,7 +71,7 @@ def _window(tile: Tile, geometry: Geometry, starts, steps, counts) -> Window | N
              and all(s == slice(0, n, 1) for s, n in zip(src, geometry.in_size)))
     small = tile.batch * geometry.channels * math.prod(counts) <= SMALL_BUFFER
     if len(margins) > 1 and small:
-        margins = [(Ellipsis,)]
+        margins = [(slice(None),) * (2 + len(dst))]
     pads = tuple(v for d in reversed(range(len(dst))) for v in (dst[d].start, counts[d] - dst[d].stop))
     return Window((slice(tile.b0, tile.b1), slice(None), *src), (*full, *dst), tuple(margins), whole, pads, small)
 

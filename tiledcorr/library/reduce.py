@@ -34,8 +34,8 @@ def _correlate_reduce(
     reduction: str, k: int, temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A fused reduction's three results (see the module docstring)."""
-    geometry = geometry_of(input1.shape, geometry)
-    plan = _plan(input1, geometry, budget, tiling, reduction, k, backward=False)
+    g = geometry_of(input1.shape, geometry)
+    plan = _plan(input1, g, budget, tiling, reduction, k, backward=False)
     return reduce_forward(table.get(reduction), input1, input2, plan, scale, k or None, temperature)
 
 
@@ -52,8 +52,8 @@ def _correlate_reduce_backward(
 
     ``result, index_or_max, normaliser`` are the forward operator's three results.
     """
-    geometry = geometry_of(input1.shape, geometry)
-    plan = _plan(input1, geometry, budget, tiling, reduction, k, backward=True)
+    g = geometry_of(input1.shape, geometry)
+    plan = _plan(input1, g, budget, tiling, reduction, k, backward=True)
     grads = reduce_backward(table.get(reduction), grad, input1, input2, (result, index_or_max, normaliser), plan, scale,
                             k or None, temperature, need1, need2)
     return input_grads_or_empty(input1, input2, *grads)
