@@ -144,7 +144,11 @@ class Geometry:
 
     # Geometries key the plan caches on every call: the hash, like the derived sizes above, is computed once.
     def __hash__(self) -> int:
-        return cached_hash(self, lambda: tuple(getattr(self, f.name) for f in fields(self)))
+        return cached_hash(self, _fields)
+
+
+def _fields(geometry: Geometry) -> tuple:
+    return tuple(getattr(geometry, f.name) for f in fields(geometry))
 
 
 def _lattice(stride: int, dilation_patch: int, out_size: int) -> "Lattice":

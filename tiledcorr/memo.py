@@ -45,11 +45,14 @@ class cached(Generic[T]):  # noqa: N801 (used as a decorator, like property)
         return value
 
 
-def cached_hash(instance: object, fields: Callable[[], tuple]) -> int:
-    """``hash(fields())``, computed once per instance (outside ``torch.compile``) and kept in its ``__dict__``."""
+def cached_hash(instance: Any, key: Callable[[Any], tuple]) -> int:
+    """``hash(key(instance))``, computed once per instance (outside ``torch.compile``) and kept in its ``__dict__``.
+
+    ``key`` is a plain function, so a call that finds the hash allocates nothing.
+    """
     value = instance.__dict__.get("_hash")
     if value is None:
-        value = hash(fields())
+        value = hash(key(instance))
         if not torch.compiler.is_compiling():
             instance.__dict__["_hash"] = value
     return value

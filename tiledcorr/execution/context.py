@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import Any
 
 import torch
 
 from ..geometry import Geometry
-from .gather import gather, input1_window, input2_window, padded, scatter_add
+from .gather import SMALL_BUFFER, gather, input1_window, input2_window, padded, scatter_add
 from .sinks import CaptureSink
 from .tiles import Tile
 from .workspace import Workspace
@@ -28,10 +29,12 @@ class TileContext:
         self.geometry, self.x1, self.x2, self.ws, self.scale = geometry, x1, x2, ws, scale
         self.strategy = strategy
         self.offsets = kernel_offsets(geometry.kernel)
-        # With one kernel offset, small buffers are filled by one padding call (a new tensor, not the
-        # workspace's), and a tile reading all of input1 as it lies (no scaling or conversion) reads it in place.
+        # With one kernel offset and no conversion, small buffers are filled by one padding call (a new
+        # tensor, not the workspace's), and a tile reading all of input1 as it lies (unscaled) reads it in place.
         self._one_offset = len(self.offsets) == 1
-        self._x1_as_is = scale == 1.0 and x1.dtype == ws.dtype and x1.is_contiguous()
+        self._pad_x1 = self._one_offset and x1.dtype == ws.dtype
+        self._pad_x2 = self._one_offset and x2.dtype == ws.dtype
+        self._x1_as_is = self._pad_x1 and scale == 1.0 and x1.is_contiguous()
 
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
@@ -53,11 +56,11 @@ class TileContext:
         input1 itself (a view).
         """
         g = self.geometry
-        if out is None and self._one_offset:
+        if out is None and self._pad_x1:
             window = input1_window(g, tile, self.offsets[0])
             if window is not None and window.whole and self._x1_as_is:
                 return self.x1.unsqueeze(1)
-            if window is not None and window.small and self.x1.dtype == self.ws.dtype:
+            if window is not None and window.small:
                 x1 = padded(self.x1, window)
                 return (x1 if self.scale == 1.0 else x1.mul_(self.scale)).unsqueeze(1)
         buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
@@ -67,17 +70,30 @@ class TileContext:
             buf.mul_(self.scale)
         return buf
 
-    def gather_x2(self, tile: Tile, extent) -> torch.Tensor:
+    def gather_x2(self, tile: Tile, extent: tuple[int, ...]) -> torch.Tensor:
         """``(Bt, kvol, C, *E)`` the dense input2 region the tile reaches (read-only)."""
         g = self.geometry
-        if self._one_offset and self.x2.dtype == self.ws.dtype:
-            window = input2_window(g, tile, self.offsets[0], tuple(extent))
+        if self._pad_x2:
+            window = input2_window(g, tile, self.offsets[0], extent)
             if window is not None and window.small:
                 return padded(self.x2, window).unsqueeze(1)
         buf = self.ws.view("x2", tile.batch, len(self.offsets), g.channels, *extent)
         for k, offset in enumerate(self.offsets):
-            gather(self.x2, buf[:, k], input2_window(g, tile, offset, tuple(extent)))
+            gather(self.x2, buf[:, k], input2_window(g, tile, offset, extent))
         return buf
+
+    def bmm(self, name: str, shape: tuple[int, ...], a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``torch.bmm(a, b)`` seen as ``shape``: in the workspace's ``name`` buffer, or a new tensor if small.
+
+        Below :data:`~tiledcorr.execution.gather.SMALL_BUFFER` elements the
+        calls of a workspace view cost more than the allocation, and the
+        lazily allocated buffer is then never allocated.
+        """
+        if math.prod(shape) <= SMALL_BUFFER:
+            return torch.bmm(a, b).view(shape)
+        out = self.ws.view(name, *shape)
+        torch.bmm(a, b, out=out.view(a.shape[0], a.shape[1], b.shape[2]))
+        return out
 
     def grad1_in_place(self, grad1: torch.Tensor, tile: Tile) -> torch.Tensor | None:
         """``grad1`` as ``(B, 1, C, *U)`` where the tile's input1 values are all of input1 as it lies.
@@ -97,11 +113,11 @@ class TileContext:
         for k, offset in enumerate(self.offsets):
             scatter_add(grad1, buf[:, k], input1_window(self.geometry, tile, offset))
 
-    def scatter_g2(self, grad2: torch.Tensor, tile: Tile, buf: torch.Tensor, extent) -> None:
+    def scatter_g2(self, grad2: torch.Tensor, tile: Tile, buf: torch.Tensor, extent: tuple[int, ...]) -> None:
         """Add ``buf`` ``(Bt, kvol, C, *E)`` into ``grad2`` over the tile's region.
 
         No scaling here: ``buf`` is a product with ``X1``, which was gathered scaled.
         """
         for k, offset in enumerate(self.offsets):
-            scatter_add(grad2, buf[:, k], input2_window(self.geometry, tile, offset, tuple(extent)))
+            scatter_add(grad2, buf[:, k], input2_window(self.geometry, tile, offset, extent))
 

@@ -131,13 +131,20 @@ def _tiles(plan: LookupPlan) -> Iterator[_Tile]:
                 yield _Tile(b, slice(y, min(y + plan.tile_rows, height)), slice(x, min(x + plan.tile_cols, width)))
 
 
-def _load_tile(ws: _Workspace, tile: _Tile, fmap1: torch.Tensor, coords: torch.Tensor) -> None:
-    """Copy the tile's coordinates and fmap1 rows (channels last) into the workspace, in the compute dtype."""
+def _load_tile(ws: _Workspace, tile: _Tile, fmap1: torch.Tensor, coords: torch.Tensor, side: int) -> tuple:
+    """Copy the tile's coordinates and fmap1 rows (channels last) into the workspace, in the compute dtype.
+
+    Returns the tile's views that the forward and the backward share: the fmap1
+    rows ``(t, C)``, the grid ``(t, S, S)`` (``[t, jy, jx]``), the x-mixed and
+    window buffers, and the four bilinear weights (:func:`_weights`; set per level).
+    """
     t = tile.positions
     ws.tile("coords_x", t).view(tile.rows, tile.cols).copy_(coords[tile.b, 0, tile.ys, tile.xs])
     ws.tile("coords_y", t).view(tile.rows, tile.cols).copy_(coords[tile.b, 1, tile.ys, tile.xs])
-    rows = ws.tile("fmap1_rows", t).view(tile.rows, tile.cols, -1)
-    rows.copy_(fmap1[tile.b, :, tile.ys, tile.xs].permute(1, 2, 0))
+    rows = ws.tile("fmap1_rows", t)
+    rows.view(tile.rows, tile.cols, -1).copy_(fmap1[tile.b, :, tile.ys, tile.xs].permute(1, 2, 0))
+    grid = ws.tile("grid", t).view(t, side, side)
+    return rows, grid, ws.tile("x_mixed", t), ws.tile("window", t), _weights(ws, t)
 
 
 def _axis(ws: _Workspace, t: int, level: _Level, radius: int, axis: str, size: int) -> None:
@@ -202,11 +209,7 @@ def lookup_forward(fmap1: torch.Tensor, fmap2: torch.Tensor, coords: torch.Tenso
     side, k, channels = window_side(plan.radius), 2 * plan.radius + 1, plan.fmap_shape[1]
     for tile in _tiles(plan):
         t = tile.positions
-        _load_tile(ws, tile, fmap1, coords)
-        rows = ws.tile("fmap1_rows", t)
-        grid = ws.tile("grid", t).view(t, side, side)  # [t, jy, jx]
-        x_mixed, window = ws.tile("x_mixed", t), ws.tile("window", t)
-        wx0, wx1, wy0, wy1 = _weights(ws, t)
+        rows, grid, x_mixed, window, (wx0, wx1, wy0, wy1) = _load_tile(ws, tile, fmap1, coords, side)
         for level in levels:
             index = _prepare_level(ws, t, tile, level, plan, scale)
             gathered = ws.tile("gathered", t * side * side)
@@ -245,11 +248,7 @@ def lookup_backward(grad: torch.Tensor, fmap1: torch.Tensor, fmap2: torch.Tensor
     side, k, channels = window_side(plan.radius), 2 * plan.radius + 1, plan.fmap_shape[1]
     for tile in _tiles(plan):
         t = tile.positions
-        _load_tile(ws, tile, fmap1, coords)
-        rows = ws.tile("fmap1_rows", t)
-        grid = ws.tile("grid", t).view(t, side, side)
-        x_mixed, window = ws.tile("x_mixed", t), ws.tile("window", t)
-        wx0, wx1, wy0, wy1 = _weights(ws, t)
+        rows, grid, x_mixed, window, (wx0, wx1, wy0, wy1) = _load_tile(ws, tile, fmap1, coords, side)
         if need_fmap1:
             rows_grad = ws.tile("grad_fmap1_rows", t)
             rows_grad.zero_()

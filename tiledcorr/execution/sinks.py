@@ -7,7 +7,7 @@ from typing import Any, Protocol
 import torch
 
 from ..geometry import Geometry
-from .tiles import Tile, covers_volume, volume_index
+from .tiles import Tile, volume_block
 
 
 class Sink(Protocol):
@@ -23,8 +23,7 @@ class OutputSink:
         self.geometry, self.out = geometry, out
 
     def consume(self, tile: Tile, band: torch.Tensor) -> None:
-        whole = covers_volume(self.geometry, tile)
-        (self.out if whole else self.out[volume_index(self.geometry, tile)]).copy_(band)
+        volume_block(self.out, self.geometry, tile).copy_(band)
 
 
 class CaptureSink:
@@ -51,5 +50,5 @@ class GradSource(Protocol):
 
 def volume_grad(grad_out: torch.Tensor) -> GradSource:
     """The gradient source of a stored cost volume: a view of its block of ``grad_out``."""
-    return lambda ctx, tile: grad_out[volume_index(ctx.geometry, tile)]
+    return lambda ctx, tile: volume_block(grad_out, ctx.geometry, tile)
 

@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import torch
+
 from ..geometry import Geometry, Span, count_spans, output_slice, spans
 from ..memo import cached, cached_hash
 from ..planning.tiling import Tiling
@@ -35,12 +37,16 @@ class Tile:
         return tuple(s.disp_count for s in self.spans)
 
     def __hash__(self) -> int:
-        return cached_hash(self, lambda: (self.b0, self.b1, self.spans))
+        return cached_hash(self, _fields)
 
     @cached
     def shape(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
         """Batch items, positions and displacements: tiles of one shape use the same buffer views."""
         return self.batch, self.positions, self.displacements
+
+
+def _fields(tile: Tile) -> tuple:
+    return tile.b0, tile.b1, tile.spans
 
 
 #: Plans with at most this many tiles keep their tiles (and so the caches keyed by them) between calls.
@@ -76,19 +82,25 @@ def _generate_tiles(geometry: Geometry, tiling: Tiling) -> Iterator[Tile]:
 
 
 @functools.lru_cache(maxsize=8192)
-def covers_volume(geometry: Geometry, tile: Tile) -> bool:
-    """Whether the tile is the whole volume (a plan of one tile): its block is the volume itself."""
-    return (tile.b0, tile.b1) == (0, geometry.batch) and all(
+def volume_index(geometry: Geometry, tile: Tile) -> tuple[slice, ...] | None:
+    """Index of the tile's block in a ``(B, *patch, *out_size)`` volume; None where it is the whole volume.
+
+    A plan of one tile (every small call) then uses the volume itself, not a view of all of it.
+    """
+    whole = (tile.b0, tile.b1) == (0, geometry.batch) and all(
         (s.disp_start, s.disp_count, s.residue, s.start, s.count) == (0, P, 0, 0, o)
         for s, P, o in zip(tile.spans, geometry.patch, geometry.out_size))
-
-
-@functools.lru_cache(maxsize=8192)
-def volume_index(geometry: Geometry, tile: Tile) -> tuple[slice, ...]:
-    """Index of the tile's block in a ``(B, *patch, *out_size)`` volume."""
+    if whole:
+        return None
     disp = tuple(slice(s.disp_start, s.disp_start + s.disp_count) for s in tile.spans)
     pos = tuple(output_slice(geometry, d, s) for d, s in enumerate(tile.spans))
     return (slice(tile.b0, tile.b1), *disp, *pos)
+
+
+def volume_block(volume: torch.Tensor, geometry: Geometry, tile: Tile) -> torch.Tensor:
+    """The tile's block of ``volume`` ``(B, *patch, *out_size)`` (a view, or the volume itself)."""
+    index = volume_index(geometry, tile)
+    return volume if index is None else volume[index]
 
 
 @functools.lru_cache(maxsize=4096)

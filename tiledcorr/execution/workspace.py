@@ -36,8 +36,6 @@ class Workspace:
         if flat is None:
             flat = self._flat[name] = torch.empty(self._sizes[name], dtype=self.dtype, device=self.device)
             hugepages.advise(flat)
-        if n > flat.numel():
-            raise ValueError(f"workspace buffer {name!r} holds {flat.numel()} elements, a view of {n} was asked for")
         return (flat if flat.numel() == n else flat[:n]).view(shape)
 
     def zeroed_view(self, name: str, key: Hashable, *shape: int) -> torch.Tensor:

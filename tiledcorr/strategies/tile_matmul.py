@@ -9,7 +9,6 @@ import torch
 
 from ..execution.bands import transpose_band, volume_band
 from ..execution.context import TileContext
-from ..execution.gather import SMALL_BUFFER
 from ..execution.sinks import Sink
 from ..execution.tiles import Tile, region_extent
 from ..planning.costs import Cost, CostTerms
@@ -54,11 +53,7 @@ class TileMatmul(Strategy):
         T, R = math.prod(tile.positions), math.prod(extent)
         x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
         x2 = ctx.gather_x2(tile, extent).view(tile.batch, -1, R)
-        if tile.batch * T * R <= SMALL_BUFFER:  # a call per buffer view costs more than the allocation
-            y = torch.bmm(x1.transpose(1, 2), x2)
-        else:
-            y = ctx.ws.view("y", tile.batch, T, R)
-            torch.bmm(x1.transpose(1, 2), x2, out=y)
+        y = ctx.bmm("y", (tile.batch, T, R), x1.transpose(1, 2), x2)
         sink.consume(tile, volume_band(y, g, tile, extent))
 
     def backward(self, ctx: TileContext, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
@@ -78,10 +73,5 @@ class TileMatmul(Strategy):
                 ctx.scatter_g1(grad1, tile, g1)
         if grad2 is not None:
             x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
-            shape = (tile.batch, len(ctx.offsets), g.channels, *extent)
-            if math.prod(shape) <= SMALL_BUFFER:
-                g2 = torch.bmm(x1, gy).view(shape)
-            else:
-                g2 = ctx.ws.view("g2", *shape)
-                torch.bmm(x1, gy, out=g2.view(tile.batch, -1, R))
+            g2 = ctx.bmm("g2", (tile.batch, len(ctx.offsets), g.channels, *extent), x1, gy)
             ctx.scatter_g2(grad2, tile, g2, extent)
