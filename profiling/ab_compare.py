@@ -62,12 +62,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds per configuration (median over them)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny-calls", type=int, default=200, help="calls per tiny-call sample (median)")
+    parser.add_argument("--calls", type=int, default=1, help="calls per sample of the other configurations (median)")
+    parser.add_argument("--only", default="", help="comma-separated configurations (default: all, and tiny)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import CONFIGS  # the configurations only: the workers import nothing of this tree but its package
 
     configs = dict(CONFIGS, tiny=((1, 8, 8, 8), dict(patch_size=3)))
+    if args.only:
+        unknown = set(args.only.split(",")) - set(configs)
+        if unknown:
+            parser.error(f"--only: unknown configurations {sorted(unknown)}; choose from {sorted(configs)}")
+        configs = {n: configs[n] for n in args.only.split(",")}
     workers = {}
     for label, tree in (("before", args.before), ("after", args.after)):
         # -I: no user site and no current directory on the path, so each worker imports its own tree's tiledcorr.
@@ -81,13 +88,15 @@ def main() -> None:
         for name in names:
             for kind in ("fwd", "fwd+bwd"):
                 for label, proc in workers.items():
-                    proc.stdin.write(f"{name} {kind} {args.tiny_calls if name == 'tiny' else 1}\n")
+                    proc.stdin.write(f"{name} {kind} {args.tiny_calls if name == 'tiny' else args.calls}\n")
                     proc.stdin.flush()
                     samples[name, kind, label].append(json.loads(proc.stdout.readline()))
     for proc in workers.values():
         proc.stdin.close()
         proc.wait()
     rows = []
+    # after/before: the ratio of the medians; in brackets the median of each round's own ratio (the two
+    # trees' samples of one round are taken back to back, so that one is the steadier on a drifting machine).
     print("| config | before fwd ms | after fwd ms | after/before | before fwd+bwd ms | after fwd+bwd ms | after/before |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
@@ -95,9 +104,13 @@ def main() -> None:
         unit = 1e3 if name == "tiny" else 1.0  # the tiny call in microseconds
         cells = [f"{med[k, w] * unit:.{0 if name == 'tiny' else 1}f}" for k in ("fwd", "fwd+bwd") for w in workers]
         ratio = [med[k, "after"] / med[k, "before"] for k in ("fwd", "fwd+bwd")]
+        paired = [statistics.median(a / b for a, b in zip(samples[name, k, "after"], samples[name, k, "before"]))
+                  for k in ("fwd", "fwd+bwd")]
         label = "tiny (us)" if name == "tiny" else name
-        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio[0]:.2f} | {cells[2]} | {cells[3]} | {ratio[1]:.2f} |")
-        rows.append({"config": name, **{f"{w}_{k}_ms": med[k, w] for k in ("fwd", "fwd+bwd") for w in workers}})
+        print(f"| {label} | {cells[0]} | {cells[1]} | {ratio[0]:.2f} ({paired[0]:.2f}) | {cells[2]} | {cells[3]} "
+              f"| {ratio[1]:.2f} ({paired[1]:.2f}) |")
+        rows.append({"config": name, **{f"{w}_{k}_ms": med[k, w] for k in ("fwd", "fwd+bwd") for w in workers},
+                     "paired_fwd": paired[0], "paired_fwd+bwd": paired[1]})
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -38,8 +38,9 @@ def smoke(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("gpu_check")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("OUT", None)
-    # Budgets twice the nominal: CI's and the developers' machines are shared; the device run keeps 1.
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--budget-scale", "2", "--out", str(out)], cwd=ROOT,
+    # Budgets four times the nominal: CI's and the developers' machines are shared and differ (the whole
+    # correctness grid took 41 s on one 2-core VM and 90 s on another, 2026-12-02); the device run keeps 1.
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--budget-scale", "4", "--out", str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())

@@ -83,3 +83,48 @@ def test_transpose_band_equals_copy(threads):
         assert torch.equal(swap_band_order(dst, 2), src)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+@pytest.mark.parametrize("kw", [dict(patch_size=5, normalize="channels"), dict(patch_size=(3, 7), stride=2),
+                                dict(patch_size=5, padding=1, normalize="sqrt_channels")])
+def test_forward_reading_input1_in_place_matches_reference(layout, kw):
+    """The forward reads interior tiles' input1 values where they lie (scaled in the matmul); edges are gathered."""
+    shape = (2, 3, 13, 11)
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(2))
+    if layout == "channels_last":
+        x1 = x1.to(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x1 = x1.transpose(2, 3).contiguous().transpose(2, 3)  # last dimension not contiguous: gathered
+    ref_kw = {k: v for k, v in kw.items() if k != "normalize"}
+    base = tiledcorr.plan(shape, dtype=torch.float64, strategy="row_matmul", memory_budget="1GiB", **ref_kw)
+    p = dataclasses.replace(base, tiling=Tiling("row_matmul", 1, (4, 3), base.tiling.disp_tile))
+    scale = {"channels": 1 / 3, "sqrt_channels": 3 ** -0.5}.get(kw.get("normalize"), 1.0)
+    out = tiledcorr.correlate(x1, x2, plan=p, **kw)
+    torch.testing.assert_close(out, correlate_reference(x1, x2, **ref_kw) * scale, rtol=1e-10, atol=1e-10)
+
+
+def test_input1_in_place_is_a_view_only_where_the_values_lie_in_input1():
+    from tiledcorr.dtypes import compute_dtype
+    from tiledcorr.execution.context import TileContext
+    from tiledcorr.execution.tiles import iter_tiles
+
+    def views(x1, **kw):
+        p = tiledcorr.plan(x1.shape, dtype=x1.dtype, strategy="row_matmul", memory_budget="1GiB", **kw)
+        p = dataclasses.replace(p, tiling=Tiling("row_matmul", 1, (4, 3), p.tiling.disp_tile))
+        ws = Workspace({}, compute_dtype(x1.dtype), x1.device)
+        ctx = TileContext(p.geometry, x1, x1, ws, 1.0, RowMatmul())
+        found = [ctx.input1_in_place(t) for t in iter_tiles(p.geometry, p.tiling)]
+        for v in found:
+            if v is not None:
+                assert v.untyped_storage().data_ptr() == x1.untyped_storage().data_ptr()
+        return [v is not None for v in found]
+
+    x = torch.randn(1, 3, 13, 11)
+    assert all(views(x, patch_size=5))  # no padding: every tile's positions lie in input1
+    padded = views(x, patch_size=5, padding=1)
+    assert any(padded) and not all(padded)  # border tiles reach the padding
+    assert not any(views(x, patch_size=5, stride=2))  # strided positions: gathered
+    assert not any(views(x.transpose(2, 3).contiguous().transpose(2, 3), patch_size=5))
+    assert not any(views(x.half(), patch_size=5))  # converted to the float32 compute dtype: gathered

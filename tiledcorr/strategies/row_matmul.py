@@ -159,9 +159,15 @@ class RowMatmul(Strategy):
 
     @staticmethod
     def _lhs(x1: torch.Tensor, rows: _Rows, b: int) -> torch.Tensor:
-        """``A^T``, ``(U1, K, UN)``: batch item ``b``'s input1 tile, one row of positions per item (a view)."""
-        K, T = x1.shape[1] * x1.shape[2], x1[b, 0, 0].numel()
-        return x1[b].as_strided((rows.rows, K, rows.cols), (rows.cols, T, 1))
+        """``A^T``, ``(U1, K, UN)``: batch item ``b``'s input1 tile, one row of positions per item (a view).
+
+        ``x1`` is ``(Bt, kvol, C, *U)``: a gathered buffer (contiguous), or
+        with one kernel offset a view of input1 itself (any strides).
+        """
+        s = x1.stride()
+        item = x1[b]
+        return item.as_strided((rows.rows, x1.shape[1] * x1.shape[2], rows.cols), (s[3], s[2], s[-1]),
+                               item.storage_offset())
 
     @staticmethod
     def _rhs(region: torch.Tensor, rows: _Rows, b: int, first_row: int = 0, columns: int | None = None) -> torch.Tensor:
@@ -194,10 +200,16 @@ class RowMatmul(Strategy):
 
     def forward(self, ctx: TileContext, tile: Tile, sink: Sink) -> None:
         rows = _rows(ctx.geometry, tile.positions, tile.displacements)
-        x1, x2 = ctx.gather_x1(tile), ctx.gather_x2(tile, rows.extent)
+        in_place = ctx.input1_in_place(tile)
+        x1 = ctx.gather_x1(tile) if in_place is None else in_place  # a gathered tile is scaled already
+        x2 = ctx.gather_x2(tile, rows.extent)
         y = ctx.ws.view("y", tile.batch, rows.rows, rows.cols, rows.columns)
         for b in range(tile.batch):
-            torch.bmm(RowMatmul._lhs(x1, rows, b).transpose(1, 2), RowMatmul._rhs(x2, rows, b), out=y[b])
+            a, r = RowMatmul._lhs(x1, rows, b).transpose(1, 2), RowMatmul._rhs(x2, rows, b)
+            if in_place is None or ctx.scale == 1.0:
+                torch.bmm(a, r, out=y[b])
+            else:  # beta=0: y's old contents (NaN included) are ignored
+                y[b].baddbmm_(a, r, beta=0.0, alpha=ctx.scale)
         sink.consume(tile, swap_band_order(RowMatmul._band(y, ctx.geometry, tile, rows), ctx.geometry.ndim))
 
     def backward(self, ctx: TileContext, tile: Tile, grad_band: torch.Tensor, grad1, grad2) -> None:
