@@ -23,8 +23,10 @@ with and without its band copy (``nc``: the matmul and gathers alone):
   band of the whole 64-wide strip is one view (64-element runs in the volume).
 
 With ``dilation_patch > 1`` (FlowNetC) one lattice of positions is timed (the
-plan's tiles lie on those lattices). ``--inductor`` also times the band copy compiled by ``torch.compile``
-(Inductor's C++ backend, needs a C++ compiler; the compile time is printed).
+plan's tiles lie on those lattices). The band copy is also timed alone (``copy eager``), as three
+copies with contiguous inner dimensions through a blocked 2-D transpose (``copy 3-step``), and with
+``--inductor`` compiled by ``torch.compile`` (Inductor's C++ backend, needs a C++ compiler; the
+compile time is printed).
 
 Usage: ``python profiling/band_layouts.py [--only large,larger] [--threads 1] [--repeat 5] [--inductor]``
 """
@@ -142,8 +144,8 @@ def _blocks(p: Problem, block: int, blocks: int, copy: bool):
     return run
 
 
-def _inductor_copy(p: Problem):
-    """The ``orig`` band copy alone, eager and compiled by Inductor (``None`` where compiling fails)."""
+def _copies(p: Problem, inductor: bool):
+    """The ``orig`` band copy alone: eager, in three contiguous copies, and compiled by Inductor (if asked and it compiles)."""
     U1, UN, J1, JN = p.U1, p.UN, p.J1, p.JN
     EN = UN + JN - 1
     y = torch.randn(U1, UN, J1 * EN)
@@ -152,6 +154,21 @@ def _inductor_copy(p: Problem):
         out.copy_(y.as_strided((J1, JN, U1, UN), (EN, 1, UN * J1 * EN, J1 * EN + 1)))
 
     eager = lambda: [extract(y, p.vol[b, :, :, a0 : a0 + U1, u0 : u0 + UN]) for b, a0, u0 in p.tiles(UN)]  # noqa: E731
+    # Three copies that each have a contiguous inner dimension on both sides: the band into a dense
+    # position-major block, a 2-D transpose (PyTorch's blocked path for a transposed matrix), the block
+    # into the volume in runs of UN.
+    band = y.as_strided((U1, UN, J1, JN), (UN * J1 * EN, J1 * EN + 1, EN, 1))
+    dense, dense_t = torch.empty(U1 * UN, J1 * JN), torch.empty(J1 * JN, U1 * UN)
+
+    def three_step(out: torch.Tensor) -> None:
+        dense.view(U1, UN, J1, JN).copy_(band)
+        dense_t.copy_(dense.t())
+        out.copy_(dense_t.view(J1, JN, U1, UN))
+
+    variants = {"copy eager": eager,
+                "copy 3-step": lambda: [three_step(p.vol[b, :, :, a0 : a0 + U1, u0 : u0 + UN]) for b, a0, u0 in p.tiles(UN)]}
+    if not inductor:
+        return variants
     try:
         compiled = torch.compile(extract, dynamic=False, fullgraph=True)
         start = time.perf_counter()
@@ -159,9 +176,9 @@ def _inductor_copy(p: Problem):
         print(f"  inductor compile {time.perf_counter() - start:.1f} s")
     except Exception as exc:  # no compiler, or Inductor unavailable: report and skip
         print(f"  inductor unavailable: {type(exc).__name__}: {exc}"[:200])
-        return {"copy eager": eager}
-    return {"copy eager": eager,
-            "copy inductor": lambda: [compiled(y, p.vol[b, :, :, a0 : a0 + U1, u0 : u0 + UN]) for b, a0, u0 in p.tiles(UN)]}
+        return variants
+    variants["copy inductor"] = lambda: [compiled(y, p.vol[b, :, :, a0 : a0 + U1, u0 : u0 + UN]) for b, a0, u0 in p.tiles(UN)]
+    return variants
 
 
 def compare(name: str, repeat: int, inductor: bool) -> None:
@@ -176,8 +193,7 @@ def compare(name: str, repeat: int, inductor: bool) -> None:
             if p.W >= block * blocks:
                 for copy in (True, False):
                     variants[label + ("" if copy else " nc")] = _blocks(p, block, blocks, copy)
-    if inductor:
-        variants.update(_inductor_copy(p))
+    variants.update(_copies(p, inductor))
     n = 1024
     a, b = torch.randn(n, n), torch.randn(n, n)
     variants["matmul"] = lambda: a @ b

@@ -157,8 +157,10 @@ def test_special_pixel_reaches_exactly_the_outputs_that_read_it(case, which, val
         assert set(map(tuple, special.nonzero().tolist())) == expected, p.strategy
         if not math.isnan(value):  # partners are non-zero: one infinite term per sum, no NaN
             assert not out.isnan().any()
-        # The other sums do not read the pixels: they equal the sums with the pixels set to 0.
-        torch.testing.assert_close(out[~special], zeroed[~special], rtol=1e-6, atol=1e-6)
+        # The other sums do not read the pixels: they equal the sums with the pixels set to 0, up to
+        # float32 rounding of another summation order (a plan's tiles, the BLAS's kernels): 1.8e-6 was
+        # seen on a sum of 64 products on an AMD EPYC VM.
+        torch.testing.assert_close(out[~special], zeroed[~special], rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- many special values

@@ -84,7 +84,7 @@ class TileContext:
         window = input1_window(self.geometry, tile, self.offsets[0])
         if window is None or window.margins or window.src[-1].step != 1:
             return None
-        return self.x1[window.src].unsqueeze(1)
+        return (self.x1 if window.src_all else self.x1[window.src]).unsqueeze(1)
 
     def gather_x2(self, tile: Tile, extent: tuple[int, ...]) -> torch.Tensor:
         """``(Bt, kvol, C, *E)`` the dense input2 region the tile reaches (read-only)."""

@@ -22,6 +22,8 @@ instead of this loop.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 
@@ -41,13 +43,13 @@ def workspace_elements(geometry: Geometry, tiling: Tiling, *, backward: bool) ->
 
 
 @functools.lru_cache(maxsize=1024)
-def _workspace_elements(geometry: Geometry, tiling: Tiling, backward: bool) -> tuple[tuple[str, int], ...]:
-    # Cached: the strategies' formulas run on numpy rows, costly for one small call.
-    return tuple(as_sizes(registry.get(tiling.strategy).buffers(TileDims.of_tiling(geometry, tiling), backward)).items())
+def _workspace_elements(geometry: Geometry, tiling: Tiling, backward: bool) -> Mapping[str, int]:
+    # Cached (read-only): the strategies' formulas run on numpy rows, costly for one small call.
+    return MappingProxyType(as_sizes(registry.get(tiling.strategy).buffers(TileDims.of_tiling(geometry, tiling), backward)))
 
 
 def _workspace(x1: torch.Tensor, geometry: Geometry, tiling: Tiling, *, backward: bool) -> Workspace:
-    return Workspace(workspace_elements(geometry, tiling, backward=backward), compute_dtype(x1.dtype), x1.device)
+    return Workspace(_workspace_elements(geometry, tiling, backward), compute_dtype(x1.dtype), x1.device)
 
 
 def _per_tile(tiling: Tiling) -> registry.Strategy:

@@ -39,6 +39,7 @@ class Window:
         pads: ``torch.constant_pad_nd``'s amounts (last dimension first) that
             turn ``source[src]`` into the buffer's contents.
         small: the buffer holds at most :data:`SMALL_BUFFER` elements.
+        src_all: ``src`` is all of the input (then the input is used as it is, without indexing).
     """
 
     src: tuple[slice, ...]
@@ -47,6 +48,7 @@ class Window:
     whole: bool
     pads: tuple[int, ...]
     small: bool
+    src_all: bool
 
 
 def _window(tile: Tile, geometry: Geometry, starts, steps, counts) -> Window | None:
@@ -68,8 +70,8 @@ def _window(tile: Tile, geometry: Geometry, starts, steps, counts) -> Window | N
                 index[2 + d] = margin
                 margins.append(tuple(index))
     full = (slice(None), slice(None))
-    whole = (not margins and tile.b0 == 0 and tile.b1 == geometry.batch
-             and all(s == slice(0, n, 1) for s, n in zip(src, geometry.in_size)))
+    src_all = tile.b0 == 0 and tile.b1 == geometry.batch and all(s == slice(0, n, 1) for s, n in zip(src, geometry.in_size))
+    whole = src_all and not margins
     small = tile.batch * geometry.channels * math.prod(counts) <= SMALL_BUFFER
     # A margin of the last dimension is one short run per row of the buffer: zeroing it took 2-2.5x as
     # long as a memset of the whole buffer (MM-Tracker's 512 x 27 x 24 input2 region, 4 columns: 51 us
@@ -78,7 +80,8 @@ def _window(tile: Tile, geometry: Geometry, starts, steps, counts) -> Window | N
     if (len(margins) > 1 and small) or last_margin:
         margins = [(slice(None),) * (2 + len(dst))]
     pads = tuple(v for d in reversed(range(len(dst))) for v in (dst[d].start, counts[d] - dst[d].stop))
-    return Window((slice(tile.b0, tile.b1), slice(None), *src), (*full, *dst), tuple(margins), whole, pads, small)
+    return Window((slice(tile.b0, tile.b1), slice(None), *src), (*full, *dst), tuple(margins), whole, pads, small,
+                  src_all)
 
 
 @functools.lru_cache(maxsize=_WINDOW_CACHE)
@@ -109,7 +112,7 @@ def gather(source: torch.Tensor, buffer: torch.Tensor, window: Window | None) ->
         return
     for margin in window.margins:
         buffer[margin].zero_()
-    buffer[window.dst].copy_(source[window.src])
+    buffer[window.dst].copy_(source if window.src_all else source[window.src])
 
 
 def padded(source: torch.Tensor, window: Window) -> torch.Tensor:
@@ -119,10 +122,10 @@ def padded(source: torch.Tensor, window: Window) -> torch.Tensor:
     as the workspace's buffers are (padding keeps a transposed input's layout,
     and the strategies take strided views of what they gather).
     """
-    return torch.constant_pad_nd(source[window.src], window.pads).contiguous()
+    return torch.constant_pad_nd(source if window.src_all else source[window.src], window.pads).contiguous()
 
 
 def scatter_add(target: torch.Tensor, buffer: torch.Tensor, window: Window | None) -> None:
     """The adjoint of :func:`gather`: ``target[b, c, start + step*n] += buffer[b, c, n]``."""
     if window is not None:
-        target[window.src].add_(buffer[window.dst])
+        (target if window.src_all else target[window.src]).add_(buffer[window.dst])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 
 import torch
 
@@ -20,7 +20,7 @@ class Workspace:
     :meth:`~tiledcorr.execution.context.TileContext.gather_x1`) costs nothing.
     """
 
-    def __init__(self, sizes: dict[str, int], dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, sizes: Mapping[str, int], dtype: torch.dtype, device: torch.device) -> None:
         self.dtype, self.device = dtype, device
         self._sizes = sizes
         self._flat: dict[str, torch.Tensor] = {}

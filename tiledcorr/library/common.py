@@ -23,11 +23,12 @@ backward, each under the budget.
 from __future__ import annotations
 
 import operator
+import time
 from typing import Any, Sequence
 
 import torch
 
-from ..budget import resolve_budget
+from ..budget import CPU_READING_TTL, resolve_budget
 from ..errors import ArgumentValueError
 from ..geometry import Geometry, check_sizes
 from ..planning.costs import SinkCost
@@ -157,7 +158,7 @@ def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tili
     """
     device = input1.device
     follows_free_memory = budget == "" or budget.startswith("f:")
-    resolved = quantized_budget(decode_budget(budget), device) if follows_free_memory and not tiling else budget
+    resolved = _free_memory_budget(budget, device) if follows_free_memory and not tiling else budget
     key = (geometry, input1.dtype, device, resolved, tiling, requires_grad, sink_cost)
     plan = _RUN_TIME_PLANS.get(key)
     if plan is None:
@@ -173,6 +174,30 @@ def plan_at_run_time(input1: torch.Tensor, geometry: Geometry, budget: str, tili
             _RUN_TIME_PLANS.clear()
         _RUN_TIME_PLANS[key] = plan
     return plan
+
+
+#: CPU budgets that follow the free memory, as last resolved: encoded budget -> (time, bytes).
+_CPU_BUDGETS: dict[str, tuple[float, int]] = {}
+
+
+def _free_memory_budget(budget: str, device: torch.device) -> int:
+    """:func:`~tiledcorr.planning.planner.quantized_budget` of an encoded budget that follows the free memory.
+
+    On CPU the free memory is read at most every ``CPU_READING_TTL`` seconds
+    anyway, so the resolved budget is kept as long: the five calls that
+    resolve it again were a twentieth of a small call.
+    """
+    if device.type != "cpu":
+        return quantized_budget(decode_budget(budget), device)
+    now = time.monotonic()
+    hit = _CPU_BUDGETS.get(budget)
+    if hit is not None and now - hit[0] <= CPU_READING_TTL:
+        return hit[1]
+    if len(_CPU_BUDGETS) >= _CACHE_MAX:
+        _CPU_BUDGETS.clear()
+    value = quantized_budget(decode_budget(budget), device)
+    _CPU_BUDGETS[budget] = (now, value)
+    return value
 
 
 def input_grads_or_empty(input1: torch.Tensor, input2: torch.Tensor, grad1: torch.Tensor | None,
