@@ -88,7 +88,7 @@ def test_transpose_band_equals_copy(threads):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
 @pytest.mark.parametrize("kw", [dict(patch_size=5, normalize="channels"), dict(patch_size=(3, 7), stride=2),
                                 dict(patch_size=5, padding=1, normalize="sqrt_channels")])
-def test_forward_reading_input1_in_place_matches_reference(layout, kw):
+def test_reading_input1_in_place_matches_reference(layout, kw):
     """The forward reads interior tiles' input1 values where they lie (scaled in the matmul); edges are gathered."""
     shape = (2, 3, 13, 11)
     g = torch.Generator().manual_seed(5)
@@ -101,8 +101,17 @@ def test_forward_reading_input1_in_place_matches_reference(layout, kw):
     base = tiledcorr.plan(shape, dtype=torch.float64, strategy="row_matmul", memory_budget="1GiB", **ref_kw)
     p = dataclasses.replace(base, tiling=Tiling("row_matmul", 1, (4, 3), base.tiling.disp_tile))
     scale = {"channels": 1 / 3, "sqrt_channels": 3 ** -0.5}.get(kw.get("normalize"), 1.0)
-    out = tiledcorr.correlate(x1, x2, plan=p, **kw)
-    torch.testing.assert_close(out, correlate_reference(x1, x2, **ref_kw) * scale, rtol=1e-10, atol=1e-10)
+    assert_matches_reference(
+        lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw), lambda a, b: correlate_reference(a, b, **ref_kw) * scale,
+        x1, x2, rtol=1e-10, atol=1e-10,
+    )
+    # And a plan made for the backward, with the same tiling.
+    pb = dataclasses.replace(tiledcorr.plan(shape, dtype=torch.float64, strategy="row_matmul", memory_budget="1GiB",
+                                            requires_grad=True, **ref_kw), tiling=p.tiling)
+    assert_matches_reference(
+        lambda a, b: tiledcorr.correlate(a, b, plan=pb, **kw), lambda a, b: correlate_reference(a, b, **ref_kw) * scale,
+        x1, x2, rtol=1e-10, atol=1e-10,
+    )
 
 
 def test_input1_in_place_is_a_view_only_where_the_values_lie_in_input1():
