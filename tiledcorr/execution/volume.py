@@ -62,7 +62,6 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
     if fused is None:
         return _forward_per_tile(input1, input2, plan, scale, finite=finite)
     out = allocate_output(input1, plan)
-    hugepages.advise(out)
 
     def attempt(p: Plan) -> torch.Tensor:
         fused.volume_forward(input1, input2, out, g, scale)
@@ -75,10 +74,7 @@ def _forward_per_tile(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, sc
                       out: torch.Tensor | None = None) -> torch.Tensor:
     """The volume by a per-tile plan: the fast path, or the exact one for NaN and Inf (into ``out`` if given)."""
     g = plan.geometry
-    if out is None:
-        out = allocate_output(input1, plan)
-        hugepages.advise(out)
-    target = out
+    target = allocate_output(input1, plan) if out is None else out
 
     def attempt(p: Plan) -> torch.Tensor:
         # Every attempt writes every element of ``out`` (the tiles cover the volume once), so it is reused.
@@ -92,13 +88,13 @@ def _forward_per_tile(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, sc
 
 
 def allocate_output(input1: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """The uninitialised cost volume; an allocation that fails is the output's fault, not the workspace's.
+    """The uninitialised cost volume (huge pages advised); an allocation that fails is the output's fault, not the workspace's.
 
     Raises:
         MemoryBudgetError: the output itself cannot be allocated.
     """
     try:
-        return input1.new_empty(plan.geometry.out_shape)
+        out = input1.new_empty(plan.geometry.out_shape)
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -107,6 +103,8 @@ def allocate_output(input1: torch.Tensor, plan: Plan) -> torch.Tensor:
             f"({format_bytes(plan.output_bytes)}) on {input1.device}; reduce the batch, the patch size or the "
             "image size, or use tiledcorr.correlate_reduce() to avoid storing the volume"
         ) from exc
+    hugepages.advise(out)
+    return out
 
 
 def backward_inputs(

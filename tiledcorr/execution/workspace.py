@@ -17,7 +17,8 @@ class Workspace:
     and makes the peak at most the sum of the buffer sizes the planner
     predicts. A buffer is allocated when first viewed: one a call does not
     need (input1 read in place, see
-    :meth:`~tiledcorr.execution.context.TileContext.gather_x1`) costs nothing.
+    :meth:`~tiledcorr.execution.context.TileContext.gather_x1` and
+    :meth:`~tiledcorr.execution.context.TileContext.input1_in_place`) costs nothing.
     """
 
     def __init__(self, sizes: Mapping[str, int], dtype: torch.dtype, device: torch.device) -> None:
