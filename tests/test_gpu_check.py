@@ -2,7 +2,7 @@
 
 The run on a lent GPU happens rarely and has minutes; this test runs the same
 code in CI so that it cannot fail there on anything a CPU would catch. One
-subprocess run (about 40 s on 2 cores) writes the JSON the tests below read.
+subprocess run (about 70 s on 2 cores) writes the JSON the tests below read.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def test_correctness_rows_pass_for_every_strategy_dtype_and_reduction(smoke):
     expected_checks = ["forward", "grad1", "grad2", "max", "max.grad1", "max.grad2", "argmax", "softargmax",
                        "softargmax.grad1", "softargmax.grad2", "topk", "topk.displacements", "topk.grad1", "topk.grad2"]
     for strategy in STRATEGIES:
-        for dtype in DTYPES:
+        # The smoke run keeps the slow Triton interpreter to float32 (test_triton_interpreter.py has the rest).
+        for dtype in DTYPES if strategy != "triton" else ("float32",):
             for check in expected_checks:
                 assert (strategy, dtype, check) in passed, (strategy, dtype, check)
     for shim in SHIMS:
