@@ -9,6 +9,8 @@ from .. import checks
 from ..geometry import Geometry
 from ..library import deploy, dispatch
 from ..library.common import geometry_args, operator_args
+from ..library.correlate import correlate_op
+from ..library.registration import call
 from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
 from ..typing import BudgetLike, IntOrTuple, Normalize
@@ -107,11 +109,12 @@ def cost_volume(
     """The differentiable volume ``(B, *patch, *out_size)`` of validated inputs (for :func:`correlate` and the shims).
 
     Always the custom operator ``tiledcorr::correlate`` (:mod:`tiledcorr.library`),
-    which plans at run time, or runs the tiling of a given ``plan``.
+    which plans at run time, or runs the tiling of a given ``plan``; plain eager
+    tensors skip the dispatcher (:func:`~tiledcorr.library.registration.call`).
     """
     budget, tiling = operator_args(check_plan(plan, geometry, input1), memory_budget)
     with no_autocast(input1.device.type):
-        return torch.ops.tiledcorr.correlate(input1, input2, geometry_args(geometry), float(scale), budget, tiling)
+        return call(correlate_op, input1, input2, geometry_args(geometry), float(scale), budget, tiling)
 
 
 class SpatialCorrelation(Deployable, nn.Module):

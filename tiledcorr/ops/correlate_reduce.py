@@ -17,6 +17,8 @@ from ..errors import ArgumentValueError
 from ..library import deploy, dispatch
 from ..library.common import geometry_args, operator_args
 from ..library.deploy import DeployConfig
+from ..library.reduce import correlate_reduce_op
+from ..library.registration import call
 from ..planning.planner import Plan, make_geometry
 from ..reductions import Reduction, TopK
 from ..typing import BudgetLike, IntOrTuple, Normalize, TensorReductionName
@@ -161,8 +163,8 @@ def correlate_reduce(
     # A reduction without a gradient (argmax) plans and runs its forward only.
     grad_mode = contextlib.nullcontext() if spec.differentiable else torch.no_grad()
     with grad_mode, no_autocast(input1.device.type):
-        results = torch.ops.tiledcorr.correlate_reduce(
-            input1, input2, geometry_args(geometry), float(scale), budget, tiling, spec.name, k or 0, float(temperature))
+        results = call(correlate_reduce_op, input1, input2, geometry_args(geometry), float(scale), budget, tiling,
+                       spec.name, k or 0, float(temperature))
     return spec.result(geometry, results)
 
 

@@ -24,6 +24,7 @@ from ..budget import resolve_budget
 from ..checks import check_int, show
 from ..errors import ArgumentTypeError, ArgumentValueError, DeviceError, ShapeError
 from ..library.lookup import COORDS_GRAD_MESSAGE, correlate_lookup_op  # noqa: F401  (registers the operators)
+from ..library.registration import call
 from ..library.common import encode_budget
 from ..planning.lookup import level_sizes
 from ..typing import BudgetLike
@@ -155,7 +156,7 @@ def correlate_lookup(
     _check_coords(coords, fmap1)
     scale = _scale(_check_normalize(normalize), fmap1.shape[1])
     budget = _encoded_budget(memory_budget, fmap1.device)
-    return torch.ops.tiledcorr.correlate_lookup(fmap1, fmap2, coords, radius, num_levels, scale, budget)
+    return call(correlate_lookup_op, fmap1, fmap2, coords, radius, num_levels, scale, budget)
 
 
 class CorrBlock:
