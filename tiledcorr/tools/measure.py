@@ -64,23 +64,10 @@ def _tune_malloc() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_THRESHOLD, 65536)
         libc.mallopt(_M_TRIM_THRESHOLD, 65536)
+        libc.malloc_trim(0)  # release what the heap kept so far, or the first measured call releases it and reads low
     except OSError:
         pass
     _malloc_tuned = True
-
-
-def _release_free_heap() -> None:
-    """Give the heap's free pages back to the system (glibc), so that a measured call cannot reuse resident ones.
-
-    Freed memory the heap keeps resident (fragments the trim threshold does
-    not reach) would let the measured call allocate without raising the
-    resident set: a RAFT look-up's peak read 3.5 MB against 7.5 MB predicted
-    after some other tests had run (2026-12-02), and its full size when run alone.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 _tune_malloc()
@@ -104,7 +91,6 @@ def _file_rss() -> int:
 def _cpu_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     _tune_malloc()
     gc.collect()
-    _release_free_heap()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         base, base_file = _proc_status("VmRSS"), _file_rss()
