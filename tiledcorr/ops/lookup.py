@@ -2,8 +2,9 @@
 
 :func:`correlate_lookup` is the function; :class:`CorrBlock` a drop-in for
 RAFT's class of the same name (``from tiledcorr import CorrBlock`` is the
-whole switch); :class:`CorrelationLookup` the Module twin. All three call
-``torch.ops.tiledcorr.correlate_lookup`` (:mod:`tiledcorr.library.lookup`).
+whole switch); :class:`CorrelationLookup` the Module twin. All three run the
+operator ``tiledcorr::correlate_lookup`` (:mod:`tiledcorr.library.lookup`) through
+:func:`tiledcorr.library.registration.call`.
 
 Conventions (RAFT's, see docs/lookup.md): ``coords`` channel 0 is x and
 channel 1 is y, in pixels of ``fmap2``; window point ``(a, b)`` of level
