@@ -8,6 +8,8 @@ same autograd behaviour.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -146,9 +148,8 @@ def test_the_eager_route_refuses_a_double_backward():
     a, b = _inputs()
     out = tiledcorr.correlate(a, b, **PARAMS)
     (g1,) = torch.autograd.grad(out.sum(), a, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiable once"):
+    with pytest.raises(RuntimeError, match=re.escape(DOUBLE_BACKWARD_MESSAGE)):
         g1.sum().backward()
-    assert "double backward" in DOUBLE_BACKWARD_MESSAGE
 
 
 def test_the_eager_route_of_the_reductions_and_the_lookup_matches_the_dispatcher():
