@@ -18,13 +18,14 @@ def volume_band(y: torch.Tensor, geometry: Geometry, tile: Tile, extent: tuple[i
     is ``y[b, *a, *(a*m + jj)]`` (``m``: the lattice's region step), with the
     displacements first. One ``as_strided``: a small call spends its time in such views.
     """
-    size, stride = _volume_band_layout(geometry, tile, tuple(extent), y.stride(0), y.stride(1))
+    size, stride = volume_band_layout(geometry, tile, tuple(extent), y.stride(0), y.stride(1))
     return y.as_strided(size, stride, y.storage_offset())
 
 
 @functools.lru_cache(maxsize=4096)
-def _volume_band_layout(geometry: Geometry, tile: Tile, extent: tuple[int, ...], batch_stride: int,
-                        row_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def volume_band_layout(geometry: Geometry, tile: Tile, extent: tuple[int, ...], batch_stride: int,
+                       row_stride: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Size and strides of :func:`volume_band` in a ``y`` of these batch and row strides."""
     N = geometry.ndim
     region = [math.prod(extent[d + 1 :]) for d in range(N)]
     position = [row_stride * math.prod(tile.positions[d + 1 :]) for d in range(N)]

@@ -16,7 +16,8 @@ scatters its products into the gradients. Nothing ever holds more than one
 tile, so the workspace is what the planner predicts, whatever the image and
 patch sizes. A strategy that runs a whole plan itself (a fused kernel) is
 called by :mod:`tiledcorr.execution.volume` and :mod:`tiledcorr.reductions.run`
-instead of this loop.
+instead of this loop, and a plan of one small tile may come as a fixed
+sequence of tensor ops (:meth:`~tiledcorr.planning.registry.Strategy.one_tile`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -59,6 +61,15 @@ def _per_tile(tiling: Tiling) -> registry.Strategy:
     return strategy
 
 
+def _one_tile(strategy: registry.Strategy, geometry: Geometry, tiling: Tiling, x1: torch.Tensor,
+              x2: torch.Tensor) -> Any | None:
+    """The strategy's program for a plan of one small tile, where it has one and the inputs need no conversion."""
+    dtype = x1.dtype
+    if x2.dtype is not dtype or compute_dtype(dtype) is not dtype:
+        return None
+    return strategy.one_tile(geometry, tiling)
+
+
 def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, sink: Sink, *, scale: float = 1.0) -> None:
     """Compute every tile of the cost volume and hand it to ``sink``.
 
@@ -70,6 +81,10 @@ def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: 
         scale: multiplies every output value (the normalisation).
     """
     strategy = _per_tile(tiling)
+    single = _one_tile(strategy, geometry, tiling, x1, x2)
+    if single is not None:
+        sink.consume(single.tile, single.band(x1, x2, scale))
+        return
     ws = _workspace(x1, geometry, tiling, backward=False)
     try:
         ctx = TileContext(geometry, x1, x2, ws, scale, strategy)
@@ -103,6 +118,10 @@ def run_backward(
     ws = _workspace(x1, geometry, tiling, backward=True)
     try:
         ctx = TileContext(geometry, x1, x2, ws, scale, strategy)
+        single = _one_tile(strategy, geometry, tiling, x1, x2)
+        if single is not None:
+            single.backward(x1, x2, grad_source(ctx, single.tile), grad1, grad2, scale)
+            return
         for tile in iter_tiles(geometry, tiling):
             strategy.backward(ctx, tile, grad_source(ctx, tile), grad1, grad2)
     finally:

@@ -148,7 +148,10 @@ def register_backward(op: OpOverload, backward_op: OpOverload, *, differentiable
                 check(needs)
             saved = ctx.saved_tensors
             if ctx.eager and not dispatcher_needed((grad, *saved[:differentiable])):
-                with torch.no_grad():  # under create_graph, record nothing (refuse_double_backward guards)
+                if torch.is_grad_enabled():  # under create_graph, record nothing (refuse_double_backward guards)
+                    with torch.no_grad():
+                        grads = backward_kernel(grad, *saved, *ctx.args, needs[0], needs[1])
+                else:
                     grads = backward_kernel(grad, *saved, *ctx.args, needs[0], needs[1])
             else:
                 with torch._C._AutoDispatchBelowAutograd():
@@ -166,9 +169,14 @@ def register_backward(op: OpOverload, backward_op: OpOverload, *, differentiable
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & _BELOW_AUTOGRAD, *inputs)
 
+    # ``Function.apply`` without its functorch preamble (a pytree walk over the arguments, a third of a trivial
+    # Function's cost): the eager route runs only where no functorch transform is active (dispatcher_needed),
+    # and check_inputs has refused the transforms' tensors.
+    record_node = super(torch.autograd.Function, Differentiate).apply
+
     def eager(*inputs: Any) -> Any:
         if needs_node(inputs):
-            return Differentiate.apply(None, *inputs)
+            return record_node(None, *inputs)
         return kernel(*inputs)
 
     LIBRARY.impl(op._schema.name.split("::")[1], autograd_kernel, "Autograd", with_keyset=True)

@@ -57,6 +57,17 @@ class Strategy:
                  grad2: torch.Tensor | None) -> None:
         raise NotImplementedError
 
+    def one_tile(self, geometry: Geometry, tiling: Any) -> Any | None:
+        """A plan of a single small tile run as a fixed sequence of tensor ops, or ``None`` (then the tile loop runs).
+
+        The engine runs what this returns (an object with ``tile``,
+        ``band(x1, x2, scale)`` and ``backward(x1, x2, grad_band, grad1, grad2,
+        scale)``) for inputs already in the compute dtype: a tiny call then
+        skips the workspace and the per-tile lookups. See
+        :class:`tiledcorr.strategies.tile_matmul.OneTile`.
+        """
+        return None
+
     # Execution of a whole plan, only when runs_whole_plan (see tiledcorr.strategies.triton for the contract).
     def volume_forward(self, x1: torch.Tensor, x2: torch.Tensor, out: torch.Tensor, geometry: Geometry,
                        scale: float) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..execution.bands import transpose_band, volume_band
-from ..execution.context import TileContext
+from ..execution.bands import transpose_band, volume_band, volume_band_layout
+from ..execution.context import TileContext, kernel_offsets
+from ..execution.gather import SMALL_BUFFER, Window, input1_window, input2_window, padded, scatter_add
 from ..execution.sinks import Sink
-from ..execution.tiles import Tile, region_extent
+from ..execution.tiles import Tile, iter_tiles, region_extent
+from ..geometry import Geometry
 from ..planning.costs import Cost, CostTerms
 from ..planning.registry import Strategy, register
-from ..planning.tiling import TileDims
+from ..planning.tiling import TileDims, Tiling
 
 
 @register
@@ -47,6 +51,9 @@ class TileMatmul(Strategy):
         backward = 2 * seconds + (2 * terms.gather_bytes + 2 * terms.band_bytes + 3 * y_bytes) / model.bandwidth
         return Cost(forward, backward)
 
+    def one_tile(self, geometry: Geometry, tiling: Tiling) -> "OneTile | None":
+        return one_tile(geometry, tiling)
+
     def forward(self, ctx: TileContext, tile: Tile, sink: Sink) -> None:
         g = ctx.geometry
         extent = region_extent(g, tile.positions, tile.displacements)
@@ -75,3 +82,89 @@ class TileMatmul(Strategy):
             x1 = ctx.gather_x1(tile).view(tile.batch, -1, T)
             g2 = ctx.bmm("g2", (tile.batch, len(ctx.offsets), g.channels, *extent), x1, gy)
             ctx.scatter_g2(grad2, tile, g2, extent)
+
+
+@dataclass(frozen=True)
+class OneTile:
+    """A plan of one small tile with one kernel offset (every tiny call): :class:`TileMatmul`'s products, precomputed.
+
+    The same tensor ops as :meth:`TileMatmul.forward` and
+    :meth:`TileMatmul.backward` on a small tile (padded copies, one matmul
+    per product, the band as one strided view), with every shape, window and
+    stride worked out once per plan: a call then pays for the tensor ops and
+    not for the workspace, the tile context and a dozen cache lookups (a
+    third of a tiny forward's host time). Inputs must be in the compute dtype.
+
+    Attributes:
+        tile: the plan's one tile (all of the volume).
+        window1, window2: where its input1 values and input2 region lie.
+        channels: C; extent: the region ``E``; positions, region: ``T`` and ``R`` (elements of ``U`` and ``E``).
+        band_size, band_stride: the band ``(B, *J, *U)`` in the contiguous ``y`` ``(B, T, R)``.
+    """
+
+    tile: Tile
+    window1: Window
+    window2: Window
+    channels: int
+    extent: tuple[int, ...]
+    positions: int
+    region: int
+    band_size: tuple[int, ...]
+    band_stride: tuple[int, ...]
+
+    def _x1(self, x1: torch.Tensor, scale: float) -> torch.Tensor:
+        """``(B, C, T)`` input1 at the tile's positions, times ``scale`` (input1 itself where it can be)."""
+        if self.window1.whole and scale == 1.0 and x1.is_contiguous():
+            return x1.view(self.tile.batch, self.channels, self.positions)
+        a = padded(x1, self.window1)
+        return (a if scale == 1.0 else a.mul_(scale)).view(self.tile.batch, self.channels, self.positions)
+
+    def _x2(self, x2: torch.Tensor) -> torch.Tensor:
+        return padded(x2, self.window2).view(self.tile.batch, self.channels, self.region)
+
+    def band(self, x1: torch.Tensor, x2: torch.Tensor, scale: float) -> torch.Tensor:
+        """The volume ``(B, *J, *U)`` (a strided view of a new ``(B, T, R)`` product)."""
+        y = torch.bmm(self._x1(x1, scale).transpose(1, 2), self._x2(x2))
+        return y.as_strided(self.band_size, self.band_stride)
+
+    def backward(self, x1: torch.Tensor, x2: torch.Tensor, grad_band: torch.Tensor, grad1: torch.Tensor | None,
+                 grad2: torch.Tensor | None, scale: float) -> None:
+        """Add the input gradients into ``grad1``/``grad2`` ``(B, C, *in_size)`` (``None``: not needed).
+
+        Args:
+            grad_band: the volume's gradient ``(B, *J, *U)``, any strides.
+        """
+        B, C, T, R = self.tile.batch, self.channels, self.positions, self.region
+        gy = grad_band.new_zeros((B, T, R))
+        gy.as_strided(self.band_size, self.band_stride).copy_(grad_band)
+        if grad1 is not None:
+            if self.window1.whole and grad1.is_contiguous():
+                grad1.view(B, C, T).baddbmm_(self._x2(x2), gy.transpose(1, 2), alpha=scale)
+            else:
+                g1 = torch.bmm(self._x2(x2), gy.transpose(1, 2))
+                if scale != 1.0:
+                    g1.mul_(scale)
+                scatter_add(grad1, g1.view(B, C, *self.tile.positions), self.window1)
+        if grad2 is not None:
+            g2 = torch.bmm(self._x1(x1, scale), gy)
+            scatter_add(grad2, g2.view(B, C, *self.extent), self.window2)
+
+
+@functools.lru_cache(maxsize=256)
+def one_tile(geometry: Geometry, tiling: Tiling) -> OneTile | None:
+    """The :class:`OneTile` of a plan, or ``None`` unless it has one tile, one kernel offset and small buffers."""
+    tiles = iter_tiles(geometry, tiling)
+    offsets = kernel_offsets(geometry.kernel)
+    if not isinstance(tiles, tuple) or len(tiles) != 1 or len(offsets) != 1:
+        return None
+    tile = tiles[0]
+    extent = region_extent(geometry, tile.positions, tile.displacements)
+    T, R = math.prod(tile.positions), math.prod(extent)
+    window1 = input1_window(geometry, tile, offsets[0])
+    window2 = input2_window(geometry, tile, offsets[0], extent)
+    if window1 is None or window2 is None or not window2.small or tile.batch * T * R > SMALL_BUFFER:
+        return None
+    if not (window1.small or window1.whole):
+        return None
+    size, stride = volume_band_layout(geometry, tile, extent, T * R, R)
+    return OneTile(tile, window1, window2, geometry.channels, extent, T, R, size, stride)
