@@ -238,6 +238,10 @@ def check_real(name: str, value: Any) -> float:
 _FLOAT_MAX = 1.7976931348623157e308
 
 
+#: torch's test for a tensor wrapped by a functorch transform (looked up once: every call checks both inputs).
+_is_functorch_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+
+
 def check_not_transformed(name: str, value: torch.Tensor) -> None:
     """Refuse a tensor wrapped by a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``...).
 
@@ -246,10 +250,7 @@ def check_not_transformed(name: str, value: torch.Tensor) -> None:
     ``torch.export``; torch's custom-operator autograd does not support the
     functorch transforms, which would fail deep inside torch.
     """
-    if torch.compiler.is_compiling():
-        return
-    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    if wrapped is not None and wrapped(value):
+    if _is_functorch_wrapped is not None and not torch.compiler.is_compiling() and _is_functorch_wrapped(value):
         raise ArgumentTypeError(
             f"{name} is a tensor inside a torch.func transform (grad, vmap, jacrev, jvp...), which tiledcorr "
             "does not support; differentiate with torch.autograd instead (loss.backward() or "
