@@ -19,8 +19,8 @@ from tiledcorr.strategies.tile_matmul import OneTile, TileMatmul
 
 from support import assert_matches_reference
 
-# Odd, non-square shapes small enough for one small tile; every parameter that still leaves one tile (dilation_patch 2 with stride 1 makes two
-# position classes, so two tiles: the program must decline it).
+# Odd, non-square shapes small enough for one small tile; every parameter that still leaves one tile
+# (dilation_patch > 1 at stride 1 makes several position classes, so several tiles: see the declining test).
 SHAPES = [(1, 3, 5, 7), (2, 4, 4, 3)]
 PARAMS = [dict(patch_size=p, stride=s, padding=pad, dilation=d)
           for p, s, pad, d in itertools.product([1, 3, (5, 3)], [1, (2, 1)], [0, (2, 1)], [1, 2])]
