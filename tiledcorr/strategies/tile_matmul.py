@@ -135,7 +135,7 @@ class OneTile:
             grad_band: the volume's gradient ``(B, *J, *U)``, any strides.
         """
         B, C, T, R = self.tile.batch, self.channels, self.positions, self.region
-        gy = grad_band.new_zeros((B, T, R))
+        gy = x1.new_zeros((B, T, R))  # in the compute dtype, whatever the band gradient's
         gy.as_strided(self.band_size, self.band_stride).copy_(grad_band)
         if grad1 is not None:
             if self.window1.whole and grad1.is_contiguous():
