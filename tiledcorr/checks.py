@@ -200,7 +200,7 @@ def check_inputs(input1: Any, input2: Any, *, spatial_dims: Sequence[int] = (2, 
                 f"{tuple(x.shape)} ({x.dim()}-D)"
             )
         check_not_transformed(name, x)
-        if x.device.type == "meta":
+        if x.is_meta:
             raise DeviceError(
                 f"{name} is on the meta device, which holds no data; use "
                 "tiledcorr.plan() to plan from shapes alone"

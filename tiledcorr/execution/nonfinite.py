@@ -103,7 +103,7 @@ def all_finite(*tensors: torch.Tensor) -> bool:
     sums = [t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32) for t in tensors if t.numel()]
     if not sums:
         return True
-    if sums[0].device.type == "cpu":
+    if sums[0].is_cpu:
         return math.isfinite(sum(float(s) for s in sums))
     return bool(torch.isfinite(sum(sums[1:], start=sums[0])))
 

@@ -199,10 +199,9 @@ def mode() -> str:
     ``"onnx"`` (either ONNX exporter), ``"trace"`` (``torch.jit.trace``),
     ``"export"`` (``torch.export``), else ``"eager"`` (including ``torch.compile``).
     """
+    tracing, exporting = torch.jit.is_tracing(), torch.compiler.is_exporting()
+    if not (tracing or exporting):  # both ONNX exporters run the model under one of them; their check costs more
+        return "eager"
     if torch.onnx.is_in_onnx_export():
         return "onnx"
-    if torch.jit.is_tracing():
-        return "trace"
-    if torch.compiler.is_exporting():
-        return "export"
-    return "eager"
+    return "trace" if tracing else "export"

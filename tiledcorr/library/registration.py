@@ -52,7 +52,6 @@ _KERNELS: dict[OpOverload, Callable] = {}
 _EAGER: dict[OpOverload, tuple[Callable, int]] = {}
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
-_PLAIN_DEVICES = ("cpu", "cuda")
 
 
 def dispatcher_needed(tensors: Sequence[torch.Tensor]) -> bool:
@@ -64,7 +63,7 @@ def dispatcher_needed(tensors: Sequence[torch.Tensor]) -> bool:
     profiler (which records the operator by name).
     """
     for t in tensors:
-        if type(t) not in _PLAIN_TYPES or t.device.type not in _PLAIN_DEVICES:
+        if type(t) not in _PLAIN_TYPES or not (t.is_cpu or t.is_cuda):  # flags: cheaper than t.device.type
             return True
     return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
             or torch._C._is_torch_function_mode_enabled() or torch._C._functorch.peek_interpreter_stack() is not None
@@ -96,7 +95,7 @@ def define(schema: str, kernel: Callable, fake: Callable) -> OpOverload:
 
     @functools.wraps(kernel)
     def run(*args: Any) -> Any:
-        if args[0].device.type == "cpu":  # the first argument is a tensor of the call's device
+        if args[0].is_cpu:  # the first argument is a tensor of the call's device
             return on_free_cores(kernel, *args)
         return kernel(*args)
 

@@ -78,11 +78,16 @@ def prepare_inputs(input1: Any, input2: Any, *, spatial_dims=(2, 3)) -> tuple[to
     As for matmul, float64 inputs are left in float64 inside an autocast region.
     """
     checks.check_inputs(input1, input2, spatial_dims=spatial_dims)
-    device_type = input1.device.type
+    device_type = device_type_of(input1)
     if torch.is_autocast_enabled(device_type) and input1.dtype != torch.float64:
         low = torch.get_autocast_dtype(device_type)
         input1, input2 = input1.to(low), input2.to(low)
     return input1, input2
+
+
+def device_type_of(x: torch.Tensor) -> str:
+    """``x.device.type``, cheaper for a CPU tensor: ``is_cpu`` is a flag, the type a new string (0.3-0.5 us a read)."""
+    return "cpu" if x.is_cpu else x.device.type
 
 
 def no_autocast(device_type: str) -> contextlib.AbstractContextManager:

@@ -14,7 +14,8 @@ from ..library.registration import call
 from ..library.deploy import DeployConfig
 from ..planning.planner import Plan, make_geometry
 from ..typing import BudgetLike, IntOrTuple, Normalize
-from .common import Deployable, check_plan, deploy_config, no_autocast, normalization_scale, prepare_inputs, repr_args
+from .common import (Deployable, check_plan, deploy_config, device_type_of, no_autocast, normalization_scale, prepare_inputs,
+                     repr_args)
 
 
 def correlate(
@@ -113,7 +114,7 @@ def cost_volume(
     tensors skip the dispatcher (:func:`~tiledcorr.library.registration.call`).
     """
     budget, tiling = operator_args(check_plan(plan, geometry, input1), memory_budget)
-    with no_autocast(input1.device.type):
+    with no_autocast(device_type_of(input1)):
         return call(correlate_op, input1, input2, geometry_args(geometry), float(scale), budget, tiling)
 
 

@@ -22,7 +22,8 @@ from ..library.registration import call
 from ..planning.planner import Plan, make_geometry
 from ..reductions import Reduction, TopK
 from ..typing import BudgetLike, IntOrTuple, Normalize, TensorReductionName
-from .common import Deployable, check_plan, deploy_config, no_autocast, normalization_scale, prepare_inputs, repr_args
+from .common import (Deployable, check_plan, deploy_config, device_type_of, no_autocast, normalization_scale, prepare_inputs,
+                     repr_args)
 
 
 def check_k(k: Any, spec: Reduction, num_displacements: int) -> int | None:
@@ -162,7 +163,7 @@ def correlate_reduce(
     budget, tiling = operator_args(check_plan(plan, geometry, input1), memory_budget)
     # A reduction without a gradient (argmax) plans and runs its forward only.
     grad_mode = contextlib.nullcontext() if spec.differentiable else torch.no_grad()
-    with grad_mode, no_autocast(input1.device.type):
+    with grad_mode, no_autocast(device_type_of(input1)):
         results = call(correlate_reduce_op, input1, input2, geometry_args(geometry), float(scale), budget, tiling,
                        spec.name, k or 0, float(temperature))
     return spec.result(geometry, results)
