@@ -9,7 +9,7 @@ from .. import checks
 from ..library import deploy, dispatch
 from ..library.deploy import DeployConfig
 from ..typing import BudgetLike, IntOrTuple
-from ..ops.common import Deployable, deploy_config, repr_args
+from ..ops.common import Deployable, deploy_config, device_type_of, no_autocast, repr_args
 from ..ops.correlate import correlate
 
 
@@ -77,7 +77,7 @@ def spatial_correlation_sample(
         return dispatch.run_volume(how, config, input1, input2, False)
     checks.check_inputs(input1, input2, spatial_dims=(2,))
     # The original (a C++ extension autocast does not know) computes in the inputs' dtype under autocast.
-    with torch.autocast(input1.device.type, enabled=False):
+    with no_autocast(device_type_of(input1)):
         return correlate(
             input1, input2, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
             memory_budget=memory_budget,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
-from .gather import SMALL_BUFFER, gather, input1_window, input2_window, padded, scatter_add
+from .gather import SMALL_BUFFER, gather, input1_values, input1_window, input2_window, padded, scatter_add
 from .sinks import CaptureSink
 from .tiles import Tile
 from .workspace import Workspace
@@ -34,7 +34,7 @@ class TileContext:
         self._one_offset = len(self.offsets) == 1
         self._pad_x1 = self._one_offset and x1.dtype == ws.dtype
         self._pad_x2 = self._one_offset and x2.dtype == ws.dtype
-        self._x1_as_is = self._pad_x1 and scale == 1.0 and x1.is_contiguous()
+        self._x1_as_is = scale == 1.0 and x1.is_contiguous()
 
     def recompute_band(self, tile: Tile) -> torch.Tensor:
         """The tile's forward values ``(Bt, *J, *U)`` as a new tensor (for backward passes).
@@ -58,11 +58,8 @@ class TileContext:
         g = self.geometry
         if out is None and self._pad_x1:
             window = input1_window(g, tile, self.offsets[0])
-            if window is not None and window.whole and self._x1_as_is:
-                return self.x1.unsqueeze(1)
-            if window is not None and window.small:
-                x1 = padded(self.x1, window)
-                return (x1 if self.scale == 1.0 else x1.mul_(self.scale)).unsqueeze(1)
+            if window is not None and (window.small or (window.whole and self._x1_as_is)):
+                return input1_values(self.x1, window, self.scale).unsqueeze(1)
         buf = self.ws.view("x1", tile.batch, len(self.offsets), g.channels, *tile.positions) if out is None else out
         for k, offset in enumerate(self.offsets):
             gather(self.x1, buf[:, k], input1_window(g, tile, offset))

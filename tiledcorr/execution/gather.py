@@ -125,6 +125,18 @@ def padded(source: torch.Tensor, window: Window) -> torch.Tensor:
     return torch.constant_pad_nd(source if window.src_all else source[window.src], window.pads).contiguous()
 
 
+def input1_values(x1: torch.Tensor, window: Window, scale: float) -> torch.Tensor:
+    """``(Bt, C, *U)``: input1's values in a one-offset ``window`` times ``scale``, without the workspace.
+
+    Input1 itself where the window is all of it as it lies (contiguous,
+    unscaled), else :func:`padded` (a new tensor, scaled in place).
+    """
+    if window.whole and scale == 1.0 and x1.is_contiguous():
+        return x1
+    values = padded(x1, window)
+    return values if scale == 1.0 else values.mul_(scale)
+
+
 def scatter_add(target: torch.Tensor, buffer: torch.Tensor, window: Window | None) -> None:
     """The adjoint of :func:`gather`: ``target[b, c, start + step*n] += buffer[b, c, n]``."""
     if window is not None:

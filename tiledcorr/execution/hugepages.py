@@ -44,7 +44,7 @@ def advise(tensor: torch.Tensor) -> bool:
         Whether the kernel accepted the advice (False for small or non-CPU
         tensors, other platforms, or a kernel without transparent huge pages).
     """
-    if _madvise is None or tensor.nbytes < MIN_BYTES or tensor.device.type != "cpu":
+    if _madvise is None or tensor.nbytes < MIN_BYTES or not tensor.is_cpu:
         return False
     nbytes = tensor.untyped_storage().nbytes()
     if nbytes < MIN_BYTES:

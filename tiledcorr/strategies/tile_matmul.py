@@ -11,7 +11,7 @@ import torch
 
 from ..execution.bands import transpose_band, volume_band, volume_band_layout
 from ..execution.context import TileContext, kernel_offsets
-from ..execution.gather import SMALL_BUFFER, Window, input1_window, input2_window, padded, scatter_add
+from ..execution.gather import SMALL_BUFFER, Window, input1_values, input1_window, input2_window, padded, scatter_add
 from ..execution.sinks import Sink
 from ..execution.tiles import Tile, iter_tiles, region_extent
 from ..geometry import Geometry
@@ -114,10 +114,7 @@ class OneTile:
 
     def _x1(self, x1: torch.Tensor, scale: float) -> torch.Tensor:
         """``(B, C, T)`` input1 at the tile's positions, times ``scale`` (input1 itself where it can be)."""
-        if self.window1.whole and scale == 1.0 and x1.is_contiguous():
-            return x1.view(self.tile.batch, self.channels, self.positions)
-        a = padded(x1, self.window1)
-        return (a if scale == 1.0 else a.mul_(scale)).view(self.tile.batch, self.channels, self.positions)
+        return input1_values(x1, self.window1, scale).view(self.tile.batch, self.channels, self.positions)
 
     def _x2(self, x2: torch.Tensor) -> torch.Tensor:
         return padded(x2, self.window2).view(self.tile.batch, self.channels, self.region)
