@@ -31,22 +31,22 @@ def _tile_matmul_plan(shape, **kw):
 
 
 class _Spy:
-    """Counts the programs the engine runs, forward bands and backwards."""
+    """Counts the programs the engine runs: forward bands, and backwards (accumulating or new gradients)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.bands = self.backwards = 0
-        band, backward = OneTile.band, OneTile.backward
+        band, grad_product = OneTile.band, OneTile._grad_product
 
         def counting_band(program, *args):
             self.bands += 1
             return band(program, *args)
 
-        def counting_backward(program, *args):
+        def counting_grad_product(program, *args):
             self.backwards += 1
-            return backward(program, *args)
+            return grad_product(program, *args)
 
         monkeypatch.setattr(OneTile, "band", counting_band)
-        monkeypatch.setattr(OneTile, "backward", counting_backward)
+        monkeypatch.setattr(OneTile, "_grad_product", counting_grad_product)
 
 
 def _without_program(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,3 +144,34 @@ def test_nan_inputs_still_take_the_exact_path():
     out = tiledcorr.correlate(x1, x2, patch_size=3)
     expected = correlate_reference(x1.double(), x2.double(), patch_size=3).float()
     torch.testing.assert_close(out, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("where", ["input1", "input2", "gradient"])
+def test_nonfinite_values_are_caught_after_the_program(where, monkeypatch):
+    """A NaN or Inf makes some of the program's products NaN (inf * 0 off the band or in the padding):
+    its results are checked after it runs, and the exact path gives the in-image IEEE values instead."""
+    from test_nonfinite import _sprinkle, assert_ieee_equal, ieee_backward, ieee_forward
+
+    spy = _Spy(monkeypatch)
+    shape, kw = (1, 3, 5, 7), dict(patch_size=3, padding=1)
+    gen = torch.Generator().manual_seed(6)
+    x1, x2 = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    if where != "gradient":
+        x1, x2 = (_sprinkle(x1, 1), x2) if where == "input1" else (x1, _sprinkle(x2, 2))
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = tiledcorr.correlate(a, b, **kw)
+    expected = ieee_forward(x1, x2, **kw)
+    assert_ieee_equal(out, expected, 1e-12)
+    grad = torch.randn(expected.shape, dtype=torch.float64, generator=gen)
+    if where == "gradient":
+        grad = _sprinkle(grad, 3)
+    out.backward(grad)
+    e1, e2 = ieee_backward(x1, x2, grad, **kw)
+    assert_ieee_equal(a.grad, e1, 1e-12)
+    assert_ieee_equal(b.grad, e2, 1e-12)
+    assert spy.bands >= 1 and spy.backwards >= 1  # the program ran first
+    # The program alone would be wrong here: somewhere an exact value is finite where its result is not.
+    plan = tiledcorr.plan(shape, dtype=torch.float64, requires_grad=True, **kw)
+    program = tile_matmul.one_tile(plan.geometry, plan.tiling)
+    got = [program.volume(x1, x2, 1.0), *program.gradients(x1, x2, grad, True, True, 1.0)]
+    assert any((~torch.isfinite(g) & torch.isfinite(torch.as_tensor(e))).any() for g, e in zip(got, [expected, e1, e2]))

@@ -70,6 +70,39 @@ def _one_tile(strategy: registry.Strategy, geometry: Geometry, tiling: Tiling, x
     return strategy.one_tile(geometry, tiling)
 
 
+def one_tile_volume(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, scale: float = 1.0,
+                    ) -> torch.Tensor | None:
+    """The cost volume ``(B, *patch, *out_size)`` (new, contiguous) by a plan of one small tile; ``None`` for other plans.
+
+    What :func:`run_forward` into an :class:`~tiledcorr.execution.sinks.OutputSink`
+    computes, without the output's separate allocation, the sink or the
+    retry around them: for every tiny call. Finite inputs only (the caller
+    checks the result).
+    """
+    strategy = registry.get(tiling.strategy)
+    if strategy.runs_whole_plan:
+        return None
+    single = _one_tile(strategy, geometry, tiling, x1, x2)
+    return None if single is None else single.volume(x1, x2, scale)
+
+
+def one_tile_gradients(x1: torch.Tensor, x2: torch.Tensor, grad_out: torch.Tensor, geometry: Geometry, tiling: Tiling,
+                       need1: bool, need2: bool, scale: float = 1.0,
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None] | None:
+    """Both input gradients (new tensors, ``None`` where not needed) by a plan of one small tile; ``None`` for other plans.
+
+    What :func:`run_backward` adds into zeroed accumulators for a stored
+    volume's gradient ``grad_out`` ``(B, *patch, *out_size)``, without the
+    accumulators, the workspace or the tile context. Finite values only (the
+    caller checks the results).
+    """
+    strategy = registry.get(tiling.strategy)
+    if strategy.runs_whole_plan:
+        return None
+    single = _one_tile(strategy, geometry, tiling, x1, x2)
+    return None if single is None else single.gradients(x1, x2, grad_out, need1, need2, scale)
+
+
 def run_forward(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, sink: Sink, *, scale: float = 1.0) -> None:
     """Compute every tile of the cost volume and hand it to ``sink``.
 

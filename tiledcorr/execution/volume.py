@@ -19,7 +19,7 @@ from ..planning import registry
 from ..planning.planner import Plan, per_tile_plan
 from ..planning.registry import Strategy
 from . import hugepages, nonfinite
-from .engine import run_backward, run_forward
+from .engine import one_tile_gradients, one_tile_volume, run_backward, run_forward
 from .retry import is_out_of_memory, with_oom_retry
 from .sinks import GradSource, OutputSink, volume_grad
 
@@ -50,6 +50,9 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
     g = plan.geometry
     if g.is_empty:
         return input1.new_zeros(g.out_shape)
+    out = one_tile_volume(input1, input2, g, plan.tiling, scale)
+    if out is not None:  # a plan of one small tile (every tiny call): checked after, as below
+        return out if nonfinite.all_finite(out) else _forward_per_tile(input1, input2, plan, scale, finite=False, out=out)
     check_after = (not registry.get(plan.strategy).runs_whole_plan
                    and math.prod(g.out_shape) < input1.numel() + input2.numel())
     if check_after:
@@ -127,6 +130,12 @@ def backward_inputs(
     stored volume's: its ``volume_backward``).
     """
     g = plan.geometry
+    if isinstance(grad_source, torch.Tensor) and not g.is_empty:
+        # A plan of one small tile (every tiny call): new gradients, checked after (a NaN or Inf among the
+        # values the products read makes one of them NaN or Inf), then the general path if they are not finite.
+        grads = one_tile_gradients(input1, input2, grad_source, g, plan.tiling, need1, need2, scale)
+        if grads is not None and nonfinite.all_finite(*(t for t in grads if t is not None)):
+            return grads
     acc_dtype = compute_dtype(input1.dtype)
     present = upstream_present
     if isinstance(grad_source, torch.Tensor):

@@ -13,7 +13,7 @@ from ..execution.bands import transpose_band, volume_band, volume_band_layout
 from ..execution.context import TileContext, kernel_offsets
 from ..execution.gather import SMALL_BUFFER, Window, input1_values, input1_window, input2_window, padded, scatter_add
 from ..execution.sinks import Sink
-from ..execution.tiles import Tile, iter_tiles, region_extent
+from ..execution.tiles import Tile, iter_tiles, region_extent, volume_index
 from ..geometry import Geometry
 from ..planning.costs import Cost, CostTerms
 from ..planning.registry import Strategy, register
@@ -124,6 +124,16 @@ class OneTile:
         y = torch.bmm(self._x1(x1, scale).transpose(1, 2), self._x2(x2))
         return y.as_strided(self.band_size, self.band_stride)
 
+    def volume(self, x1: torch.Tensor, x2: torch.Tensor, scale: float) -> torch.Tensor:
+        """The cost volume ``(B, *patch, *out_size)``, a new contiguous tensor (the tile is all of it)."""
+        return self.band(x1, x2, scale).contiguous()
+
+    def _grad_product(self, x1: torch.Tensor, grad_band: torch.Tensor) -> torch.Tensor:
+        """The product's gradient ``(B, T, R)``: ``grad_band`` ``(B, *J, *U)`` (any strides) in the band, zeros elsewhere."""
+        gy = x1.new_zeros((self.tile.batch, self.positions, self.region))  # the compute dtype, whatever grad_band's
+        gy.as_strided(self.band_size, self.band_stride).copy_(grad_band)
+        return gy
+
     def backward(self, x1: torch.Tensor, x2: torch.Tensor, grad_band: torch.Tensor, grad1: torch.Tensor | None,
                  grad2: torch.Tensor | None, scale: float) -> None:
         """Add the input gradients into ``grad1``/``grad2`` ``(B, C, *in_size)`` (``None``: not needed).
@@ -131,20 +141,55 @@ class OneTile:
         Args:
             grad_band: the volume's gradient ``(B, *J, *U)``, any strides.
         """
-        B, C, T, R = self.tile.batch, self.channels, self.positions, self.region
-        gy = x1.new_zeros((B, T, R))  # in the compute dtype, whatever the band gradient's
-        gy.as_strided(self.band_size, self.band_stride).copy_(grad_band)
+        B, C, T = self.tile.batch, self.channels, self.positions
+        gy = self._grad_product(x1, grad_band)
         if grad1 is not None:
             if self.window1.whole and grad1.is_contiguous():
                 grad1.view(B, C, T).baddbmm_(self._x2(x2), gy.transpose(1, 2), alpha=scale)
             else:
-                g1 = torch.bmm(self._x2(x2), gy.transpose(1, 2))
-                if scale != 1.0:
-                    g1.mul_(scale)
-                scatter_add(grad1, g1.view(B, C, *self.tile.positions), self.window1)
+                scatter_add(grad1, self._grad1_product(x2, gy, scale), self.window1)
         if grad2 is not None:
-            g2 = torch.bmm(self._x1(x1, scale), gy)
-            scatter_add(grad2, g2.view(B, C, *self.extent), self.window2)
+            scatter_add(grad2, self._grad2_product(x1, gy, scale), self.window2)
+
+    def gradients(self, x1: torch.Tensor, x2: torch.Tensor, grad_out: torch.Tensor, need1: bool, need2: bool,
+                  scale: float) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Both input gradients ``(B, C, *in_size)`` as new tensors (``None`` where not needed).
+
+        What :meth:`backward` adds into zeroed accumulators, without them: where
+        the tile's values are all of an input, the product is that input's
+        gradient (input2's without the padding's entries).
+
+        Args:
+            grad_out: the volume's gradient ``(B, *patch, *out_size)``, any strides.
+        """
+        gy = self._grad_product(x1, grad_out)
+        grad1 = grad2 = None
+        if need1:
+            g1 = self._grad1_product(x2, gy, scale)
+            if self.window1.whole:
+                grad1 = g1.view(x1.shape)
+            else:
+                grad1 = x1.new_zeros(x1.shape)
+                scatter_add(grad1, g1, self.window1)
+        if need2:
+            g2 = self._grad2_product(x1, gy, scale)
+            if self.window2.src_all:
+                grad2 = g2[self.window2.dst].contiguous()
+            else:
+                grad2 = x2.new_zeros(x2.shape)
+                scatter_add(grad2, g2, self.window2)
+        return grad1, grad2
+
+    def _grad1_product(self, x2: torch.Tensor, gy: torch.Tensor, scale: float) -> torch.Tensor:
+        """``(B, C, *U)``: input1's gradient at the tile's positions (a new tensor)."""
+        g1 = torch.bmm(self._x2(x2), gy.transpose(1, 2))
+        if scale != 1.0:
+            g1.mul_(scale)
+        return g1.view(self.tile.batch, self.channels, *self.tile.positions)
+
+    def _grad2_product(self, x1: torch.Tensor, gy: torch.Tensor, scale: float) -> torch.Tensor:
+        """``(B, C, *E)``: input2's gradient over the region, padding included (a new tensor)."""
+        return torch.bmm(self._x1(x1, scale), gy).view(self.tile.batch, self.channels, *self.extent)
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,6 +200,8 @@ def one_tile(geometry: Geometry, tiling: Tiling) -> OneTile | None:
     if not isinstance(tiles, tuple) or len(tiles) != 1 or len(offsets) != 1:
         return None
     tile = tiles[0]
+    if volume_index(geometry, tile) is not None:  # one tile covers the volume; checked, as volume() relies on it
+        return None
     extent = region_extent(geometry, tile.positions, tile.displacements)
     T, R = math.prod(tile.positions), math.prod(extent)
     window1 = input1_window(geometry, tile, offsets[0])
