@@ -22,7 +22,11 @@ def _threads_inside_call(monkeypatch, runnable: int) -> list[int]:
     monkeypatch.setattr(threads, "runnable_threads", lambda: runnable)
     monkeypatch.setattr(threads, "_CORES", 2)
     seen: list[int] = []
-    for name in ("run_forward", "run_backward"):
+    # the operator kernels import the engine's functions through execution.volume
+    from tiledcorr.execution import volume
+
+    # This small call runs as one tile's program (one_tile_*), larger ones through the tile loop (run_*).
+    for name in ("run_forward", "run_backward", "one_tile_volume", "one_tile_gradients"):
         original = getattr(engine, name)
 
         def spy(*args, _original=original, **kwargs):
@@ -30,11 +34,7 @@ def _threads_inside_call(monkeypatch, runnable: int) -> list[int]:
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(engine, name, spy)
-    # the operator kernels import the engine's functions through execution.volume
-    from tiledcorr.execution import volume
-
-    monkeypatch.setattr(volume, "run_forward", engine.run_forward)
-    monkeypatch.setattr(volume, "run_backward", engine.run_backward)
+        monkeypatch.setattr(volume, name, spy)
     x1 = torch.randn(1, 4, 9, 7, requires_grad=True)
     x2 = torch.randn(1, 4, 9, 7, requires_grad=True)
     out = tiledcorr.correlate(x1, x2, patch_size=3)
