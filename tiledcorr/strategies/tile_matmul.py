@@ -100,6 +100,9 @@ class OneTile:
         window1, window2: where its input1 values and input2 region lie.
         channels: C; extent: the region ``E``; positions, region: ``T`` and ``R`` (elements of ``U`` and ``E``).
         band_size, band_stride: the band ``(B, *J, *U)`` in the contiguous ``y`` ``(B, T, R)``.
+        inside2: ``(size, stride, offset)`` of input2's own values in the contiguous region
+            ``(B, C, *E)`` where the region holds all of input2 (else ``None``): one ``as_strided``
+            instead of an index per dimension.
     """
 
     tile: Tile
@@ -111,6 +114,7 @@ class OneTile:
     region: int
     band_size: tuple[int, ...]
     band_stride: tuple[int, ...]
+    inside2: tuple[tuple[int, ...], tuple[int, ...], int] | None
 
     def _x1(self, x1: torch.Tensor, scale: float) -> torch.Tensor:
         """``(B, C, T)`` input1 at the tile's positions, times ``scale`` (input1 itself where it can be)."""
@@ -173,8 +177,8 @@ class OneTile:
                 scatter_add(grad1, g1, self.window1)
         if need2:
             g2 = self._grad2_product(x1, gy, scale)
-            if self.window2.src_all:
-                grad2 = g2[self.window2.dst].contiguous()
+            if self.inside2 is not None:
+                grad2 = g2.as_strided(*self.inside2).contiguous()
             else:
                 grad2 = x2.new_zeros(x2.shape)
                 scatter_add(grad2, g2, self.window2)
@@ -211,4 +215,8 @@ def one_tile(geometry: Geometry, tiling: Tiling) -> OneTile | None:
     if not (window1.small or window1.whole):
         return None
     size, stride = volume_band_layout(geometry, tile, extent, T * R, R)
-    return OneTile(tile, window1, window2, geometry.channels, extent, T, R, size, stride)
+    inside2 = None
+    if window2.src_all:
+        view = torch.empty((tile.batch, geometry.channels, *extent), device="meta")[window2.dst]
+        inside2 = (tuple(view.shape), view.stride(), view.storage_offset())
+    return OneTile(tile, window1, window2, geometry.channels, extent, T, R, size, stride, inside2)
