@@ -218,5 +218,5 @@ def one_tile(geometry: Geometry, tiling: Tiling) -> OneTile | None:
     inside2 = None
     if window2.src_all:
         view = torch.empty((tile.batch, geometry.channels, *extent), device="meta")[window2.dst]
-        inside2 = (tuple(view.shape), view.stride(), view.storage_offset())
+        inside2 = (tuple(view.shape), view.stride(), int(view.storage_offset()))
     return OneTile(tile, window1, window2, geometry.channels, extent, T, R, size, stride, inside2)
