@@ -280,7 +280,9 @@ class RowMatmul(Strategy):
         and input1's rows zero-padded by ``J1 - 1`` at both ends. With ``gy``'s
         rows of positions ``UW*J1*EW + EW`` apart (:meth:`_stacked_gy`), block
         ``w + 1`` starts ``UW`` rows of ``J1*EW`` after block ``w``, so ``Z[e]``
-        is a matrix with a leading dimension: a view of ``gy``.
+        is a matrix with a leading dimension: a view of ``gy``. Each product is
+        computed transposed (``G2[e]^T = Z[e]^T @ X1^T``, into a ``(Bt, E1, EW, K)``
+        buffer) and added into input2's gradient through a permuted view.
         """
         g = ctx.geometry
         K, (U1, UW), J1, (E1, EW) = len(ctx.offsets) * g.channels, tile.positions, rows.lead_disp, extent
@@ -288,7 +290,11 @@ class RowMatmul(Strategy):
         x1p = ctx.ws.zeroed_view("x1_padded", tile.shape, tile.batch, K, padded_rows, UW)
         inside = x1p.view(tile.batch, len(ctx.offsets), g.channels, padded_rows, UW)[:, :, :, J1 - 1 : J1 - 1 + U1]
         ctx.gather_x1(tile, out=inside)
-        g2 = ctx.ws.view("g2", tile.batch, E1, K, EW)
+        # Transposed, the matmul's wide output dimension is K rather than the narrow EW: the same flops
+        # at 1.04-1.43x the rate on the benchmark shapes (scratch bmm timings), for a transposing add into
+        # input2's gradient; the whole backward then took 0.91x the time at patch 31, 0.96x for FlowNetC,
+        # 0.98-1.03x for the others (paired rounds of engine backwards, 2-core AMD EPYC, 2026-12-02).
+        g2 = ctx.ws.view("g2", tile.batch, E1, EW, K)
         row_step, block = gy.stride(1), gy.stride(2)  # UW*J1*EW + EW, J1*EW
         for b in range(tile.batch):
             item, origin = x1p[b], gy[b].storage_offset()
@@ -298,8 +304,8 @@ class RowMatmul(Strategy):
                     (e1 - e0, (w1 - w0) * UW, EW), (row_step, block, 1),
                     origin + (e0 - J1 + 1 + w0) * row_step + (J1 - 1 - w0) * EW,
                 )
-                torch.bmm(windows[e0:e1, :, w0 * UW : w1 * UW], z, out=g2[b, e0:e1])
-        ctx.scatter_g2(grad2, tile, g2.view(tile.batch, E1, len(ctx.offsets), g.channels, EW).permute(0, 2, 3, 1, 4), extent)
+                torch.bmm(z.transpose(1, 2), windows[e0:e1, :, w0 * UW : w1 * UW].transpose(1, 2), out=g2[b, e0:e1])
+        ctx.scatter_g2(grad2, tile, g2.view(tile.batch, E1, EW, len(ctx.offsets), g.channels).permute(0, 3, 4, 1, 2), extent)
 
 
 #: Groups of region rows in the stacked input2 gradient (matmul calls per batch item).
