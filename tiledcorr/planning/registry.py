@@ -61,9 +61,10 @@ class Strategy:
         """A plan of a single small tile run as a fixed sequence of tensor ops, or ``None`` (then the tile loop runs).
 
         The engine runs what this returns (an object with ``tile``,
-        ``band(x1, x2, scale)`` and ``backward(x1, x2, grad_band, grad1, grad2,
-        scale)``) for inputs already in the compute dtype: a tiny call then
-        skips the workspace and the per-tile lookups. See
+        ``band(x1, x2, scale)``, ``volume(x1, x2, scale)``, ``backward(x1, x2,
+        grad_band, grad1, grad2, scale)`` and ``gradients(x1, x2, grad_out,
+        need1, need2, scale)``) for inputs already in the compute dtype: a tiny
+        call then skips the workspace and the per-tile lookups. See
         :class:`tiledcorr.strategies.tile_matmul.OneTile`.
         """
         return None
