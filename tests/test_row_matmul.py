@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 import tiledcorr
-from tiledcorr.execution.bands import swap_band_order, transpose_band
+from tiledcorr.execution import bands
+from tiledcorr.execution.bands import SCRATCH_ROWS, swap_band_order, transpose_band
+from tiledcorr.execution.engine import workspace_elements
 from tiledcorr.execution.workspace import Workspace
 from tiledcorr.strategies.row_matmul import RowMatmul
 from tiledcorr.planning.tiling import Tiling
-from tiledcorr.strategies.row_matmul import stacked_groups, stacked_window_rows
+from tiledcorr.strategies.row_matmul import SCRATCH_FROM_DISPLACEMENTS, stacked_groups, stacked_window_rows
 from tiledcorr.reference import correlate_reference
 
 from support import assert_matches_reference
@@ -83,6 +86,58 @@ def test_transpose_band_equals_copy(threads):
         assert torch.equal(swap_band_order(dst, 2), src)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("scratch_rows", [1, 3, 40, 64])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_transpose_band_through_scratch_equals_copy(scratch_rows, ndim, monkeypatch):
+    """A few rows of positions at a time (the last chunk shorter), 2-D and 3-D bands; a strided source copies directly."""
+    gen = torch.Generator().manual_seed(7)
+    disps, positions = ((5, 13), (40, 16)) if ndim == 2 else ((3, 2, 13), (7, 2, 16))
+    src = torch.randn(2, *disps, *positions, generator=gen)  # volume order (Bt, *J, *U)
+    dst = torch.zeros(2, *positions, *disps)  # position-major (Bt, *U, *J)
+    staged = []
+    real = bands._through_scratch
+    monkeypatch.setattr(bands, "_through_scratch", lambda *a: staged.append(1) or real(*a))
+    per_row = 2 * math.prod(positions[1:]) * math.prod(disps)  # batch items x one leading row of positions
+    scratch = torch.full((scratch_rows * per_row,), math.nan)
+    transpose_band(dst, swap_band_order(src, ndim), 1 + ndim, scratch=scratch)
+    assert staged and torch.equal(swap_band_order(dst, ndim), src)
+    staged.clear()
+    strided = torch.randn(2, *disps, *positions[:-1], 2 * positions[-1], generator=gen)[..., ::2]
+    dst.zero_()
+    transpose_band(dst, swap_band_order(strided, ndim), 1 + ndim, scratch=scratch)
+    assert not staged and torch.equal(swap_band_order(dst, ndim), strided)
+
+
+@pytest.mark.parametrize("kw", [dict(patch_size=13), dict(patch_size=(5, 15), padding=3)])
+def test_band_gradient_through_scratch_matches_reference(kw, monkeypatch):
+    """Row tilings whose band gradients go through the scratch, several chunks of rows per tile."""
+    staged = []
+    real = bands._through_scratch
+    monkeypatch.setattr(bands, "_through_scratch", lambda *a: staged.append(1) or real(*a))
+    shape = (2, 3, 23, 19)
+    gen = torch.Generator().manual_seed(8)
+    x1, x2 = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    base = tiledcorr.plan(shape, dtype=torch.float64, strategy="row_matmul", requires_grad=True, memory_budget="1GiB", **kw)
+    p = dataclasses.replace(base, tiling=Tiling("row_matmul", 1, (SCRATCH_ROWS + 3, 16), base.tiling.disp_tile))
+    assert_matches_reference(
+        lambda a, b: tiledcorr.correlate(a, b, plan=p, **kw), lambda a, b: correlate_reference(a, b, **kw),
+        x1, x2, rtol=1e-10, atol=1e-10,
+    )
+    assert staged
+
+
+def test_band_scratch_is_predicted_exactly_where_it_is_used():
+    def band_buffer(shape, **kw):
+        plan = tiledcorr.plan(shape, strategy="row_matmul", requires_grad=True, memory_budget="1GiB", **kw)
+        return workspace_elements(plan.geometry, plan.tiling, backward=True).get("band", 0), plan
+
+    used, plan = band_buffer((1, 8, 40, 48), patch_size=SCRATCH_FROM_DISPLACEMENTS)
+    rows, cols = plan.tiling.tile
+    assert used == min(rows, SCRATCH_ROWS) * cols * SCRATCH_FROM_DISPLACEMENTS**2
+    assert band_buffer((1, 8, 40, 48), patch_size=9)[0] == 0  # few displacements: the direct copy is faster
+    assert band_buffer((1, 8, 40, 48), patch_size=13, dilation_patch=2)[0] == 0  # strided rows of the volume
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])

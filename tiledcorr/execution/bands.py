@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 from ..geometry import Geometry
@@ -42,7 +43,21 @@ def swap_band_order(band: torch.Tensor, ndim: int) -> torch.Tensor:
 _CPU_GRAIN = 32768
 
 
-def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int) -> None:
+#: Rows of positions a band goes through ``scratch`` at a time (:func:`transpose_band`).
+SCRATCH_ROWS = 8
+
+
+def scratch_elements(batch, rows, positions_per_row, displacements):
+    """Elements of :func:`transpose_band`'s scratch for tiles of ``rows`` leading rows of positions (numpy or ints).
+
+    Args:
+        positions_per_row: positions in one leading row (``U2 * ... * UN``);
+        displacements: displacements per position (``J1 * ... * JN``).
+    """
+    return batch * np.minimum(rows, SCRATCH_ROWS) * positions_per_row * displacements
+
+
+def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int, scratch: torch.Tensor | None = None) -> None:
     """``dst.copy_(src)`` for a band that changes between volume and position-major order.
 
     PyTorch's copy walks the destination's layout; into a position-major band
@@ -52,10 +67,23 @@ def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int) -> None:
     CPU this copies a few displacements along ``dim`` per call instead, which
     keeps that set to a few dozen (1.7-1.8 ns), each call still big enough for
     every thread.
+
+    With a position-major ``dst`` ``(Bt, *U, *J)``, a source whose last
+    position dimension is contiguous (whole rows of the volume) and a flat
+    ``scratch`` (of :func:`scratch_elements`), a CPU copy goes through the scratch instead,
+    :data:`SCRATCH_ROWS` leading rows of positions at a time: first in the
+    source's order with the last position dimension innermost (whole runs of
+    the volume's rows, ``(.., *J, UN)``), then from there into ``dst``, a
+    transposition within those few rows that stays in the cache. Two copies,
+    at 0.55-0.6x the time of the one above (patch-41 tiles, 2-core AMD EPYC,
+    2026-12-02, scratch).
     """
     n = dst.shape[dim]
     if dst.device.type != "cpu" or n <= 1:
         dst.copy_(src)
+        return
+    if scratch is not None and src.stride((dst.dim() - 1) // 2) == 1:  # the volume's rows are contiguous
+        _through_scratch(dst, src, scratch)
         return
     per_index = dst.numel() // n
     chunk = max(1, -(-_CPU_GRAIN * torch.get_num_threads() // max(per_index, 1)))
@@ -66,3 +94,19 @@ def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int) -> None:
         length = min(chunk, n - start)
         dst.narrow(dim, start, length).copy_(src.narrow(dim, start, length))
 
+
+
+def _through_scratch(dst: torch.Tensor, src: torch.Tensor, scratch: torch.Tensor) -> None:
+    """:func:`transpose_band` of a position-major ``dst`` ``(Bt, *U, *J)`` through ``scratch``, a few rows at a time."""
+    ndim = (dst.dim() - 1) // 2
+    # (Bt, U1, .., U(N-1), *J, UN): the last position dimension (the volume's rows) innermost.
+    order = (0, *range(1, ndim), *range(1 + ndim, 1 + 2 * ndim), ndim)
+    rows = dst.shape[1]
+    per_row = dst[:, :1].numel()
+    step = max(1, min(rows, scratch.numel() // max(per_row, 1)))
+    for start in range(0, rows, step):
+        length = min(step, rows - start)
+        part = src.narrow(1, start, length).permute(order)
+        staged = scratch[: part.numel()].view(part.shape)
+        staged.copy_(part)
+        dst.narrow(1, start, length).permute(order).copy_(staged)

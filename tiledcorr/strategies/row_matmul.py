@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..execution.bands import swap_band_order, transpose_band
+from ..execution.bands import scratch_elements, swap_band_order, transpose_band
 from ..execution.context import TileContext
 from ..execution.sinks import Sink
 from ..execution.tiles import Tile, region_extent
@@ -21,6 +21,21 @@ from ..planning.tiling import TileDims, positions_per_dim
 
 #: Time factor of column tiles that are not whole vectors (measured 1.1-1.7x).
 PARTIAL_VECTOR_COST = 1.5
+
+#: Displacements along the last dimension from which the backward's band gradient goes through a scratch
+#: buffer (execution.bands.transpose_band): engine backwards at patch 13-41 took 0.88-0.98x the time,
+#: at patch 9 1.04-1.06x (paired rounds, 2-core AMD EPYC, 2026-12-02).
+SCRATCH_FROM_DISPLACEMENTS = 13
+
+
+def _band_scratch(geometry: Geometry, last_displacements):
+    """Whether tiles with this many last-dimension displacements copy their band gradient through a scratch.
+
+    Only where the volume's rows of a tile's positions are contiguous (unit
+    position steps along the last dimension; with ``dilation_patch > 1`` they
+    are not, and the scratch was slower: 1.07x for FlowNetC).
+    """
+    return (geometry.lattice(geometry.ndim - 1).step == 1) & (last_displacements >= SCRATCH_FROM_DISPLACEMENTS)
 
 
 def _row_dims(dims: TileDims) -> tuple[np.ndarray, ...]:
@@ -101,6 +116,9 @@ class RowMatmul(Strategy):
         sizes = {"x1": Bt * K * T, "x2": Bt * K * R, "y": Bt * rows * cols * columns}
         if backward:
             sizes.update({"g1": Bt * K * T, "g2": Bt * K * R})
+            # the band gradient's way into gy on CPU (execution.bands.transpose_band)
+            sizes["band"] = np.where(_band_scratch(dims.geometry, dims.J[:, -1]),
+                                     scratch_elements(Bt, rows, dims.U[:, 1:].prod(1), dims.J.prod(1)), 0)
             if RowMatmul.stacked_grad2(dims.geometry):
                 sizes["x1_padded"] = Bt * K * (rows + 2 * (lead_disp - 1)) * cols
                 before_after = _per_pair(rows, lead_disp, lambda r, j: sum(stacked_padding(r, j)))
@@ -221,7 +239,11 @@ class RowMatmul(Strategy):
         # stacked input2 gradient multiplies a strided view of the same buffer.
         gy = RowMatmul._stacked_gy(ctx, tile, rows) if stacked else ctx.ws.zeroed_view(
             "y", tile.shape, tile.batch, rows.rows, rows.cols, rows.columns)
-        transpose_band(RowMatmul._band(gy, g, tile, rows), swap_band_order(grad_band, N), 1 + N)
+        scratch = None
+        if gy.is_cpu and _band_scratch(g, tile.displacements[-1]):
+            size = scratch_elements(tile.batch, rows.rows, math.prod(tile.positions[1:]), math.prod(tile.displacements))
+            scratch = ctx.ws.view("band", int(size))
+        transpose_band(RowMatmul._band(gy, g, tile, rows), swap_band_order(grad_band, N), 1 + N, scratch=scratch)
         x1 = ctx.gather_x1(tile) if grad2 is not None and not stacked else None
         x2 = ctx.gather_x2(tile, extent) if grad1 is not None else None
         K = len(ctx.offsets) * g.channels
