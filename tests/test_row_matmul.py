@@ -108,6 +108,9 @@ def test_transpose_band_through_scratch_equals_copy(scratch_rows, ndim, monkeypa
     dst.zero_()
     transpose_band(dst, swap_band_order(strided, ndim), 1 + ndim, scratch=scratch)
     assert not staged and torch.equal(swap_band_order(dst, ndim), strided)
+    dst.zero_()  # a scratch smaller than one row of positions: the direct copy too
+    transpose_band(dst, swap_band_order(src, ndim), 1 + ndim, scratch=scratch[: per_row - 1])
+    assert not staged and torch.equal(swap_band_order(dst, ndim), src)
 
 
 @pytest.mark.parametrize("kw", [dict(patch_size=13), dict(patch_size=(5, 15), padding=3)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,10 @@ _CPU_GRAIN = 32768
 SCRATCH_ROWS = 8
 
 
-def scratch_elements(batch, rows, positions_per_row, displacements):
-    """Elements of :func:`transpose_band`'s scratch for tiles of ``rows`` leading rows of positions (numpy or ints).
+def scratch_elements(batch: Any, rows: Any, positions_per_row: Any, displacements: Any) -> Any:
+    """Elements of :func:`transpose_band`'s scratch for tiles of ``rows`` leading rows of positions.
+
+    Each argument is an int or a numpy array of one value per tiling (the planner's rows).
 
     Args:
         positions_per_row: positions in one leading row (``U2 * ... * UN``);
@@ -82,7 +85,8 @@ def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int, scratch: torc
     if dst.device.type != "cpu" or n <= 1:
         dst.copy_(src)
         return
-    if scratch is not None and src.stride((dst.dim() - 1) // 2) == 1:  # the volume's rows are contiguous
+    # Through the scratch where the volume's rows are contiguous and it holds a row of positions at least.
+    if scratch is not None and src.stride((dst.dim() - 1) // 2) == 1 and scratch.numel() >= dst[:, :1].numel():
         _through_scratch(dst, src, scratch)
         return
     per_index = dst.numel() // n
@@ -95,15 +99,13 @@ def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int, scratch: torc
         dst.narrow(dim, start, length).copy_(src.narrow(dim, start, length))
 
 
-
 def _through_scratch(dst: torch.Tensor, src: torch.Tensor, scratch: torch.Tensor) -> None:
     """:func:`transpose_band` of a position-major ``dst`` ``(Bt, *U, *J)`` through ``scratch``, a few rows at a time."""
     ndim = (dst.dim() - 1) // 2
     # (Bt, U1, .., U(N-1), *J, UN): the last position dimension (the volume's rows) innermost.
     order = (0, *range(1, ndim), *range(1 + ndim, 1 + 2 * ndim), ndim)
     rows = dst.shape[1]
-    per_row = dst[:, :1].numel()
-    step = max(1, min(rows, scratch.numel() // max(per_row, 1)))
+    step = min(rows, scratch.numel() // dst[:, :1].numel())  # at least 1 (checked by the caller)
     for start in range(0, rows, step):
         length = min(step, rows - start)
         part = src.narrow(1, start, length).permute(order)

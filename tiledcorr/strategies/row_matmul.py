@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,8 +28,10 @@ PARTIAL_VECTOR_COST = 1.5
 SCRATCH_FROM_DISPLACEMENTS = 13
 
 
-def _band_scratch(geometry: Geometry, last_displacements):
+def _band_scratch(geometry: Geometry, last_displacements: Any) -> Any:
     """Whether tiles with this many last-dimension displacements copy their band gradient through a scratch.
+
+    ``last_displacements`` is an int (one tile) or a numpy array (the planner's tilings), and so is the answer.
 
     Only where the volume's rows of a tile's positions are contiguous (unit
     position steps along the last dimension; with ``dilation_patch > 1`` they
