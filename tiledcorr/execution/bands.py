@@ -82,7 +82,7 @@ def transpose_band(dst: torch.Tensor, src: torch.Tensor, dim: int, scratch: torc
     2026-12-02, scratch).
     """
     n = dst.shape[dim]
-    if dst.device.type != "cpu" or n <= 1:
+    if not dst.is_cpu or n <= 1:
         dst.copy_(src)
         return
     # Through the scratch where the volume's rows are contiguous and it holds a row of positions at least.

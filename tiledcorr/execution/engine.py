@@ -70,6 +70,12 @@ def _one_tile(strategy: registry.Strategy, geometry: Geometry, tiling: Tiling, x
     return strategy.one_tile(geometry, tiling)
 
 
+def _program(geometry: Geometry, tiling: Tiling, x1: torch.Tensor, x2: torch.Tensor) -> Any | None:
+    """:func:`_one_tile` for any plan: ``None`` also for a strategy that runs whole plans."""
+    strategy = registry.get(tiling.strategy)
+    return None if strategy.runs_whole_plan else _one_tile(strategy, geometry, tiling, x1, x2)
+
+
 def one_tile_volume(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tiling: Tiling, scale: float = 1.0,
                     ) -> torch.Tensor | None:
     """The cost volume ``(B, *patch, *out_size)`` (new, contiguous) by a plan of one small tile; ``None`` for other plans.
@@ -79,10 +85,7 @@ def one_tile_volume(x1: torch.Tensor, x2: torch.Tensor, geometry: Geometry, tili
     retry around them: for every tiny call. Finite inputs only (the caller
     checks the result).
     """
-    strategy = registry.get(tiling.strategy)
-    if strategy.runs_whole_plan:
-        return None
-    single = _one_tile(strategy, geometry, tiling, x1, x2)
+    single = _program(geometry, tiling, x1, x2)
     return None if single is None else single.volume(x1, x2, scale)
 
 
@@ -96,10 +99,7 @@ def one_tile_gradients(x1: torch.Tensor, x2: torch.Tensor, grad_out: torch.Tenso
     accumulators, the workspace or the tile context. Finite values only (the
     caller checks the results).
     """
-    strategy = registry.get(tiling.strategy)
-    if strategy.runs_whole_plan:
-        return None
-    single = _one_tile(strategy, geometry, tiling, x1, x2)
+    single = _program(geometry, tiling, x1, x2)
     return None if single is None else single.gradients(x1, x2, grad_out, need1, need2, scale)
 
 

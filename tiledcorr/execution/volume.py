@@ -45,18 +45,17 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
     is NaN: so where the volume is smaller than the inputs (few displacements,
     many channels) the volume is checked after the fast path instead of the
     inputs before it, and recomputed by the exact path if it holds a NaN or
-    Inf. A whole-plan strategy (a fused kernel) needs the answer first.
+    Inf; so is the volume of a plan of one small tile, which runs as its
+    strategy's program (:func:`~tiledcorr.execution.engine.one_tile_volume`).
+    A whole-plan strategy (a fused kernel) needs the answer first.
     """
     g = plan.geometry
     if g.is_empty:
         return input1.new_zeros(g.out_shape)
-    out = one_tile_volume(input1, input2, g, plan.tiling, scale)
-    if out is not None:  # a plan of one small tile (every tiny call): checked after, as below
-        return out if nonfinite.all_finite(out) else _forward_per_tile(input1, input2, plan, scale, finite=False, out=out)
-    check_after = (not registry.get(plan.strategy).runs_whole_plan
-                   and math.prod(g.out_shape) < input1.numel() + input2.numel())
-    if check_after:
+    out = one_tile_volume(input1, input2, g, plan.tiling, scale)  # a plan of one small tile: its program
+    if out is None and _checked_after(plan, input1, input2):
         out = _forward_per_tile(input1, input2, plan, scale, finite=True)
+    if out is not None:  # the fast path ran first: its volume is checked
         if nonfinite.all_finite(out):
             return out
         return _forward_per_tile(input1, input2, plan, scale, finite=False, out=out)
@@ -71,6 +70,11 @@ def forward_volume(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale
         return out
 
     return with_oom_retry(plan, attempt)
+
+
+def _checked_after(plan: Plan, input1: torch.Tensor, input2: torch.Tensor) -> bool:
+    """Whether the volume is checked for NaN and Inf after the fast path: a per-tile plan, smaller than the inputs."""
+    return not registry.get(plan.strategy).runs_whole_plan and math.prod(plan.geometry.out_shape) < input1.numel() + input2.numel()
 
 
 def _forward_per_tile(input1: torch.Tensor, input2: torch.Tensor, plan: Plan, scale: float, *, finite: bool,
