@@ -10,22 +10,20 @@ one intra-op thread (PyTorch releases the GIL inside its operators, so the
 slices run at once, with no barrier shared between them), against one
 ``correlate`` call on the whole batch at ``--threads`` intra-op threads, and
 one call at one thread (the serial time). The three are timed round-robin,
-forward and forward+backward, with the equal-flop ``torch.matmul`` at
+forward and forward+backward (``bench.time_interleaved``), with the equal-flop ``torch.matmul`` at
 ``--threads`` as the yardstick.
 
 Only configurations whose batch divides among the threads are run (batch 1,
 MM-Tracker and patch 41, would need tiles of one image spread over threads,
 which this best case cannot show).
 
-Usage: ``python profiling/tile_threads.py [--only flownetc,large] [--threads 2] [--repeat 5] [--rounds 3]``
+Usage: ``python profiling/tile_threads.py [--only flownetc,large] [--threads 2] [--repeat 9]``
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -33,19 +31,9 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CONFIGS, _matmul, _step  # noqa: E402
+from bench import CONFIGS, _matmul, _step, time_interleaved  # noqa: E402
 
 import tiledcorr  # noqa: E402
-
-
-def _median_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm: plan cached, pages touched
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _at_threads(threads: int, fn: Callable[[], object]) -> Callable[[], object]:
@@ -60,13 +48,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated config names")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeat", type=int, default=5, help="timed calls per sample (median)")
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds (median of the samples)")
+    parser.add_argument("--repeat", type=int, default=9, help="round-robin rounds, one timed call each (median)")
     args = parser.parse_args()
     n = args.threads
     pool = ThreadPoolExecutor(n)
     names = [s for s in args.only.split(",") if s] or list(CONFIGS)
-    print(f"torch {torch.__version__}, {n} threads; ms, median of {args.rounds} rounds of {args.repeat} calls")
+    print(f"torch {torch.__version__}, {n} threads; ms, median of {args.repeat} round-robin rounds")
     print("| config | kind | one call, 1 thread | one call, n threads | n sliced calls, 1 thread each "
           "| sliced / one call | equal-flop matmul, n threads | one call, % of matmul |")
     print("|---|---|---|---|---|---|---|---|")
@@ -92,14 +79,11 @@ def main() -> None:
 
             contenders = {"serial": _at_threads(1, whole), "whole": _at_threads(n, whole),
                           "sliced": sliced, "matmul": _at_threads(n, matmul)}
-            samples: dict[str, list[float]] = {k: [] for k in contenders}
-            for _ in range(args.rounds):
-                for key, fn in contenders.items():
-                    samples[key].append(_median_time(fn, args.repeat))
-            ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+            seconds = time_interleaved(contenders, dict.fromkeys(contenders, args.repeat), "cpu", {})
+            ms = {k: t * 1e3 for k, t in seconds.items()}
             kind = "fwd+bwd" if backward else "fwd"
             # forward+backward: three products per term (the forward's and two gradients)
-            share = (3 if backward else 1) * flops / (ms["whole"] / 1e3) / (matmul_flops / (ms["matmul"] / 1e3))
+            share = (3 if backward else 1) * flops * seconds["matmul"] / (matmul_flops * seconds["whole"])
             print(f"| {name} | {kind} | {ms['serial']:.1f} | {ms['whole']:.1f} | {ms['sliced']:.1f} "
                   f"| {ms['sliced'] / ms['whole']:.2f} | {ms['matmul']:.1f} | {100 * share:.0f}% |", flush=True)
     torch.set_num_threads(n)
